@@ -1,0 +1,112 @@
+"""The avatar: an identity's neutral ICT head plus this frame's expression, and what the renderer needs to draw it."""
+
+import numpy as np
+
+from realtime.ict_model import IctModel
+from realtime.renderer import AvatarMesh, VertexNormals
+from realtime.tracker import BLENDSHAPE_NAMES
+
+# Parts drawn, and their material colours (linear-ish RGB in [0, 1]); the photo texture covers face and head.
+# Lacrimal fluid, eye blend and eye occlusion are shells for a game engine's translucent eye shaders: not drawn.
+PART_COLORS: dict[str, tuple[float, float, float]] = {
+    "face": (0.80, 0.62, 0.52),
+    "head_neck": (0.80, 0.62, 0.52),
+    "mouth_socket": (0.30, 0.09, 0.09),
+    "eye_socket_left": (0.25, 0.15, 0.13),
+    "eye_socket_right": (0.25, 0.15, 0.13),
+    "gums_tongue": (0.72, 0.34, 0.34),
+    "teeth": (0.90, 0.87, 0.78),
+    "sclera_left": (0.88, 0.86, 0.83),
+    "sclera_right": (0.88, 0.86, 0.83),
+    "iris_left": (0.88, 0.86, 0.83),  # iris and pupil are painted onto both eye shells by `paint_irises`
+    "iris_right": (0.88, 0.86, 0.83),
+    # "eyelashes": (0.06, 0.045, 0.04),
+}
+TEXTURED_PARTS = ("face", "head_neck")
+IRIS_RADIUS_CM = 0.58
+PUPIL_RADIUS_CM = 0.22
+# MediaPipe's two symmetric scores drive both halves of ICT's split shapes.
+SHARED_SHAPES = {"browInnerUp": ("browInnerUp_L", "browInnerUp_R"), "cheekPuff": ("cheekPuff_L", "cheekPuff_R")}
+
+
+def ict_shape_names(blendshape: str, mirrored: bool = False) -> tuple[str, ...]:
+    """The ICT shapes a MediaPipe blendshape drives. ``mirrored`` swaps _L and _R (for a mirror-image driver)."""
+    if blendshape in SHARED_SHAPES:
+        return SHARED_SHAPES[blendshape]
+    for side, (suffix, other) in {"Left": ("_L", "_R"), "Right": ("_R", "_L")}.items():
+        # jawLeft/mouthRight name a direction, not a side of the face: those keep their names
+        if blendshape.endswith(side) and blendshape not in ("jawLeft", "jawRight", "mouthLeft", "mouthRight"):
+            return (blendshape[: -len(side)] + (other if mirrored else suffix),)
+    return (blendshape,)
+
+
+def blendshape_matrix(expression_names: tuple[str, ...], mirrored: bool = False) -> np.ndarray:
+    """(53, 51) matrix taking MediaPipe blendshape scores to ICT expression weights."""
+    matrix = np.zeros((len(expression_names), len(BLENDSHAPE_NAMES)), np.float32)
+    for column, name in enumerate(BLENDSHAPE_NAMES):
+        for shape in ict_shape_names(name, mirrored):
+            matrix[expression_names.index(shape), column] = 1.0
+    return matrix
+
+
+def drawn_triangles(model: IctModel) -> np.ndarray:
+    """Mask (T,) of the triangles the avatar draws."""
+    return model.part_mask(*PART_COLORS)
+
+
+def paint_irises(model: IctModel, material: np.ndarray, iris_color: np.ndarray) -> None:
+    """Colour the eyes per vertex: pupil, iris with a darker limbal ring, sclera outside (in place).
+
+    The sclera shell lies in front of the iris cap, so both get the same pattern around the cap's axis (+z through
+    the cap's centroid).
+    """
+    for side in ("left", "right"):
+        axis = model.neutral[model.render_vertex[np.unique(model.triangles[model.part_mask(f"iris_{side}")])]]
+        vertices = np.unique(model.triangles[model.part_mask(f"iris_{side}", f"sclera_{side}")])
+        points = model.neutral[model.render_vertex[vertices]]
+        radius = np.linalg.norm(points[:, :2] - axis[:, :2].mean(0), axis=1)
+        iris = np.clip((IRIS_RADIUS_CM - radius) / 0.06, 0, 1)[:, None]
+        pupil = np.clip((PUPIL_RADIUS_CM - radius) / 0.04, 0, 1)[:, None]
+        limbus = np.clip(1 - np.abs(radius - IRIS_RADIUS_CM * 0.92) / 0.1, 0, 1)[:, None]
+        color = iris_color * (1 - 0.45 * limbus)
+        color = color * (1 - pupil) + 0.03 * pupil
+        material[vertices, :3] = material[vertices, :3] * (1 - iris) + color * iris
+
+
+def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None) -> AvatarMesh:
+    """The drawn triangles with their materials; textured parts sample an atlas of the UV tiles 0 and 1 side by side."""
+    material = np.zeros((len(model.render_vertex), 4), np.float32)
+    part_names = list(PART_COLORS)
+    for name in part_names:
+        vertices = np.unique(model.triangles[model.part_mask(name)])
+        material[vertices, :3] = PART_COLORS[name]
+        material[vertices, 3] = 1.0 if name in TEXTURED_PARTS else 0.0
+    paint_irises(model, material, np.array((0.32, 0.22, 0.14) if iris_color is None else iris_color, np.float32))
+    uv = model.render_uv.copy()
+    uv[:, 0] /= 2.0  # tiles u in [0, 2) -> atlas [0, 1)
+    return AvatarMesh(
+        triangles=model.triangles[drawn_triangles(model)],
+        render_vertex=model.render_vertex,
+        uv=uv,
+        material=material,
+    )
+
+
+class Avatar:
+    """An identity's head that takes expression weights: ``vertices, normals = avatar.pose(weights)``."""
+
+    def __init__(self, model: IctModel, identity_vertices: np.ndarray) -> None:
+        self.model = model
+        self.identity_vertices = np.asarray(identity_vertices, np.float32)
+        self._expression_basis = model.expression_basis.reshape(len(model.expression_basis), -1)
+        source_triangles = model.render_vertex[model.triangles[drawn_triangles(model)]]
+        self.normals = VertexNormals(source_triangles, model.n_vertices)
+
+    def vertices(self, expression_weights: np.ndarray) -> np.ndarray:
+        """(53,) ICT expression weights -> (N, 3) vertices."""
+        offsets = np.asarray(expression_weights, np.float32) @ self._expression_basis
+        return self.identity_vertices + offsets.reshape(-1, 3)
+
+    def pose(self, expression_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vertices = self.vertices(expression_weights)
+        return vertices, self.normals(vertices)

@@ -1,0 +1,41 @@
+"""Where MediaPipe's 478 face landmarks sit on the ICT head: a point on one triangle (barycentric) per landmark.
+
+The table `realtime/data/ict_mediapipe_landmarks.txt` is built by `tools/build_landmark_map.py`, which renders the ICT
+mean face, tracks it with MediaPipe and casts each landmark back onto the mesh.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "ict_mediapipe_landmarks.txt"
+
+# MediaPipe face-mesh outline: landmarks that slide along the silhouette as the head turns (less reliable for fitting).
+FACE_OVAL = (
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150,
+    136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+)
+IRIS = tuple(range(468, 478))
+RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # the subject's right and left eye corners
+
+
+@dataclass(frozen=True, eq=False)
+class LandmarkMap:
+    vertex_ids: np.ndarray  # (478, 3) int: ICT vertices of the triangle under each landmark
+    weights: np.ndarray  # (478, 3) float32: barycentric weights, rows sum to 1
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_PATH) -> "LandmarkMap":
+        table = np.loadtxt(path, ndmin=2)
+        return cls(vertex_ids=table[:, :3].astype(np.int64), weights=table[:, 3:6].astype(np.float32))
+
+    def save(self, path: Path) -> None:
+        lines = ["# MediaPipe landmark -> ICT-FaceKit surface point: v0 v1 v2 w0 w1 w2 (tools/build_landmark_map.py)"]
+        for ids, w in zip(self.vertex_ids, self.weights, strict=True):
+            lines.append(f"{ids[0]} {ids[1]} {ids[2]} {w[0]:.6f} {w[1]:.6f} {w[2]:.6f}")
+        path.write_text("\n".join(lines) + "\n")
+
+    def points(self, vertices: np.ndarray) -> np.ndarray:
+        """(..., N, 3) mesh vertices -> (..., 478, 3) landmark positions."""
+        return np.einsum("...kjc,kj->...kc", vertices[..., self.vertex_ids, :], self.weights)

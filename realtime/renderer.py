@@ -1,0 +1,221 @@
+"""ModernGL rendering of the avatar: an off-screen (EGL) or window context, anti-aliased, depth-tested, softly lit."""
+
+import logging
+from dataclasses import dataclass
+
+import moderngl
+import numpy as np
+from scipy import sparse
+
+from realtime.errors import UserError
+from realtime.paths import shaders_dir
+
+log = logging.getLogger(__name__)
+
+GL_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1"
+
+
+def create_context(backend: str | None = "egl") -> moderngl.Context:
+    """A standalone OpenGL 3.3+ context (headless EGL by default); a clear error naming the system packages."""
+    try:
+        if backend is None:
+            return moderngl.create_standalone_context(require=330)
+        return moderngl.create_standalone_context(require=330, backend=backend)
+    except Exception as err:  # glcontext raises plain Exceptions for a missing libEGL or driver
+        raise UserError(
+            f"could not create an OpenGL context ({backend or 'default'}: {err}); on Debian/Ubuntu install "
+            f"`apt-get install {GL_PACKAGES}`"
+        ) from err
+
+
+def load_program(ctx: moderngl.Context, name: str) -> moderngl.Program:
+    """Compile ``shaders/<name>.vert`` and ``shaders/<name>.frag``."""
+    directory = shaders_dir()
+    return ctx.program(
+        vertex_shader=(directory / f"{name}.vert").read_text(),
+        fragment_shader=(directory / f"{name}.frag").read_text(),
+    )
+
+
+class VertexNormals:
+    """Area-weighted vertex normals of a fixed triangle list: ``normals = VertexNormals(triangles, n)(vertices)``."""
+
+    def __init__(self, triangles: np.ndarray, n_vertices: int) -> None:
+        self.triangles = np.asarray(triangles, np.int64)
+        rows = self.triangles.T.ravel()
+        cols = np.tile(np.arange(len(self.triangles)), 3)
+        # (N, T) incidence matrix: summing the face normals of each vertex is one sparse product
+        self._incidence = sparse.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, cols)), shape=(n_vertices, len(self.triangles))
+        )
+
+    def __call__(self, vertices: np.ndarray) -> np.ndarray:
+        """(N, 3) vertices -> (N, 3) unit normals (zero for vertices outside the triangle list)."""
+        a, b, c = (vertices[self.triangles[:, k]] for k in range(3))
+        face_normals = np.cross(b - a, c - a)  # length = twice the area: area weighting for free
+        normals = np.asarray(self._incidence @ face_normals, dtype=np.float32)
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        return normals / np.maximum(length, 1e-12)
+
+
+def perspective(fov_y_degrees: float, aspect: float, near: float, far: float) -> np.ndarray:
+    f = 1.0 / np.tan(np.radians(fov_y_degrees) / 2)
+    return np.array(
+        [
+            [f / aspect, 0, 0, 0],
+            [0, f, 0, 0],
+            [0, 0, (far + near) / (near - far), 2 * far * near / (near - far)],
+            [0, 0, -1, 0],
+        ],
+        np.float32,
+    )
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 1.0, 0.0])) -> np.ndarray:
+    forward = target - eye
+    forward = forward / np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    right = right / np.linalg.norm(right)
+    true_up = np.cross(right, forward)
+    view = np.eye(4, dtype=np.float32)
+    view[0, :3], view[1, :3], view[2, :3] = right, true_up, -forward
+    view[:3, 3] = -view[:3, :3] @ eye
+    return view
+
+
+@dataclass(frozen=True, eq=False)
+class AvatarMesh:
+    """What the renderer draws: the triangles of the visible parts and per render vertex UVs and materials.
+
+    ``material`` (R, 4): rgb colour in [0, 1], alpha 1 where the albedo texture replaces the colour.
+    ``render_vertex`` (R,) maps render vertices to model vertices (vertices are split along UV seams).
+    """
+
+    triangles: np.ndarray  # (T, 3) int32 render-vertex indices
+    render_vertex: np.ndarray  # (R,) int32
+    uv: np.ndarray  # (R, 2) float32 in the albedo texture
+    material: np.ndarray  # (R, 4) float32
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    size: tuple[int, int] = (640, 480)  # width, height
+    samples: int = 4  # MSAA samples
+    background: tuple[float, float, float] = (0.08, 0.09, 0.11)  # RGB in [0, 1], when no background image
+    fov_y_degrees: float = 20.0
+    framing_height: float = 34.0  # centimetres of the head's plane that fill the frame height
+    target: tuple[float, float, float] = (0.0, -1.5, 0.0)  # what the camera looks at, model space
+    light_direction: tuple[float, float, float] = (0.25, 0.35, 1.0)
+    ambient: float = 0.72
+    specular: float = 0.04
+
+
+class AvatarRenderer:
+    """Draws an `AvatarMesh` with per-frame vertex positions into an off-screen multisampled framebuffer."""
+
+    def __init__(
+        self,
+        ctx: moderngl.Context,
+        mesh: AvatarMesh,
+        albedo: np.ndarray,
+        options: RenderOptions = RenderOptions(),
+        background_image: np.ndarray | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.mesh = mesh
+        self.options = options
+        width, height = options.size
+        self.program = load_program(ctx, "avatar")
+        self._positions = ctx.buffer(reserve=len(mesh.render_vertex) * 12, dynamic=True)
+        self._normals = ctx.buffer(reserve=len(mesh.render_vertex) * 12, dynamic=True)
+        uv = ctx.buffer(np.ascontiguousarray(mesh.uv, np.float32).tobytes())
+        material = ctx.buffer(np.ascontiguousarray(mesh.material, np.float32).tobytes())
+        index = ctx.buffer(np.ascontiguousarray(mesh.triangles, np.int32).tobytes())
+        self.vao = ctx.vertex_array(
+            self.program,
+            [
+                (self._positions, "3f", "in_position"),
+                (self._normals, "3f", "in_normal"),
+                (uv, "2f", "in_uv"),
+                (material, "4f", "in_material"),
+            ],
+            index_buffer=index,
+            index_element_size=4,
+        )
+        self.albedo = texture_from_image(ctx, albedo, mipmaps=True)
+        self._background_vao = None
+        if background_image is not None:
+            self._background = texture_from_image(ctx, background_image, mipmaps=False)
+            program = load_program(ctx, "background")
+            quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], np.float32).tobytes())
+            self._background_vao = ctx.vertex_array(program, [(quad, "2f", "in_position")])
+
+        samples = min(options.samples, ctx.max_samples)
+        self._msaa = ctx.framebuffer(
+            color_attachments=[ctx.renderbuffer((width, height), 4, samples=samples)],
+            depth_attachment=ctx.depth_renderbuffer((width, height), samples=samples),
+        )
+        self._resolved = ctx.framebuffer(color_attachments=[ctx.renderbuffer((width, height), 4)])
+
+        target = np.array(options.target, np.float32)
+        distance = options.framing_height / 2 / np.tan(np.radians(options.fov_y_degrees) / 2)
+        self.eye_position = target + np.array([0, 0, distance], np.float32)
+        view = look_at(self.eye_position, target)
+        projection = perspective(options.fov_y_degrees, width / height, distance / 4, distance * 4)
+        self.view_projection = projection @ view
+        self.program["view_projection"].write(self.view_projection.T.astype(np.float32).tobytes())
+        light = np.array(options.light_direction, np.float32)
+        self.program["light_dir"].value = tuple(light / np.linalg.norm(light))
+        self.program["eye_position"].value = tuple(self.eye_position)
+        self.program["ambient"].value = options.ambient
+        self.program["specular"].value = options.specular
+
+    def render(self, vertices: np.ndarray, normals: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
+        """Model-space ``vertices`` and ``normals`` (N, 3), a (4, 4) model matrix -> (H, W, 3) uint8 RGB image."""
+        index = self.mesh.render_vertex
+        self._positions.write(np.ascontiguousarray(vertices[index], np.float32))
+        self._normals.write(np.ascontiguousarray(normals[index], np.float32))
+        model = np.eye(4, dtype=np.float32) if model_matrix is None else np.asarray(model_matrix, np.float32)
+        self.program["model"].write(model.T.tobytes())
+
+        self._msaa.use()
+        self.ctx.clear(*self.options.background, 1.0)
+        if self._background_vao is not None:
+            self.ctx.disable(moderngl.DEPTH_TEST)
+            self._background.use(0)
+            self._background_vao.render(moderngl.TRIANGLE_STRIP)
+        self.ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+        self.albedo.use(0)
+        self.vao.render(moderngl.TRIANGLES)
+        self.ctx.copy_framebuffer(self._resolved, self._msaa)
+        width, height = self.options.size
+        pixels = self._resolved.read(components=3, alignment=1)
+        return np.frombuffer(pixels, np.uint8).reshape(height, width, 3)[::-1]
+
+    def project(self, points: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
+        """Pixel coordinates (x right, y down) of model-space ``points`` (K, 3) in the rendered image."""
+        model = np.eye(4, dtype=np.float32) if model_matrix is None else model_matrix
+        homogeneous = np.c_[points, np.ones(len(points))] @ (self.view_projection @ model).T
+        ndc = homogeneous[:, :2] / homogeneous[:, 3:]
+        width, height = self.options.size
+        return np.c_[(ndc[:, 0] + 1) / 2 * width, (1 - ndc[:, 1]) / 2 * height]
+
+    def release(self) -> None:
+        for resource in (self.vao, self._positions, self._normals, self.albedo, self._msaa, self._resolved, self.program):
+            resource.release()
+
+
+def texture_from_image(ctx: moderngl.Context, image: np.ndarray, mipmaps: bool) -> moderngl.Texture:
+    """An RGB uint8 (H, W, 3) or float (H, W, C) image as a texture; row 0 is v = 0."""
+    image = np.ascontiguousarray(image)
+    height, width, components = image.shape
+    dtype = "f1" if image.dtype == np.uint8 else "f4"
+    texture = ctx.texture((width, height), components, image.astype(np.float32 if dtype == "f4" else np.uint8),
+                          dtype=dtype, alignment=1)
+    if mipmaps:
+        texture.build_mipmaps()
+        texture.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
+    else:
+        texture.filter = (moderngl.LINEAR, moderngl.LINEAR)
+    texture.repeat_x = texture.repeat_y = False
+    return texture
