@@ -194,6 +194,10 @@ class IctModel:
         """(T,) bool: the triangles of the named parts."""
         return np.isin(self.triangle_part, [PART_NAMES.index(n) for n in names])
 
+    def triangles_of(self, *parts: str) -> np.ndarray:
+        """(T', 3) triangles of the named parts in model-vertex indices (no UV-seam splits)."""
+        return self.render_vertex[self.triangles[self.part_mask(*parts)]]
+
     def identity_shape(self, coefficients: np.ndarray) -> np.ndarray:
         """Neutral-expression vertices (N, 3) of the identity with PCA ``coefficients`` (100,)."""
         flat = self.identity_basis.reshape(len(self.identity_basis), -1)

@@ -71,10 +71,11 @@ def perspective(fov_y_degrees: float, aspect: float, near: float, far: float) ->
     )
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 1.0, 0.0])) -> np.ndarray:
+def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(4, 4) view matrix of a camera at ``eye`` looking at ``target``, +y up."""
     forward = target - eye
     forward = forward / np.linalg.norm(forward)
-    right = np.cross(forward, up)
+    right = np.cross(forward, [0.0, 1.0, 0.0])
     right = right / np.linalg.norm(right)
     true_up = np.cross(right, forward)
     view = np.eye(4, dtype=np.float32)
@@ -201,7 +202,8 @@ class AvatarRenderer:
         return np.c_[(ndc[:, 0] + 1) / 2 * width, (1 - ndc[:, 1]) / 2 * height]
 
     def release(self) -> None:
-        for resource in (self.vao, self._positions, self._normals, self.albedo, self._msaa, self._resolved, self.program):
+        resources = [self.vao, self._positions, self._normals, self.albedo, self._msaa, self._resolved, self.program]
+        for resource in resources:
             resource.release()
 
 

@@ -72,8 +72,8 @@ def main() -> None:
 
     clip = (renderer.view_projection @ np.c_[vertices, np.ones(len(vertices))].T).T
     projected = np.c_[renderer.project(vertices), clip[:, 3]]  # clip w = distance along the view axis
-    skin = model.render_vertex[model.triangles[model.part_mask("face", "head_neck")]]
-    eyes = model.render_vertex[model.triangles[model.part_mask("iris_left", "iris_right", "sclera_left", "sclera_right")]]
+    skin = model.triangles_of("face", "head_neck")
+    eyes = model.triangles_of("iris_left", "iris_right", "sclera_left", "sclera_right")
     is_iris = np.isin(np.arange(len(face.landmarks)), IRIS)
     vertex_ids = np.zeros((len(face.landmarks), 3), np.int64)
     weights = np.zeros((len(face.landmarks), 3))

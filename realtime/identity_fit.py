@@ -1,0 +1,147 @@
+"""Fit the ICT head to one photo's landmarks: identity coefficients, the photo's own expression, and a camera.
+
+The camera is weak perspective (the photo's face is far from the lens compared with its depth):
+``pixel = scale * [x, -y] of (rotation @ point) + translation``. The fit alternates a pose step (affine fit, then the
+nearest scaled rotation) and a shape step (bounded linear least squares on identity and expression with priors), in
+units of the inter-ocular distance so that the priors mean the same for every photo size.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from realtime.ict_model import IctModel
+from realtime.landmark_map import FACE_OVAL, IRIS, LEFT_EYE_OUTER, RIGHT_EYE_OUTER, LandmarkMap
+from realtime.renderer import VertexNormals
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    iterations: int = 6
+    identity_prior: float = 5e-4  # weight of |identity coefficients|^2 (coefficients are in standard deviations)
+    expression_prior: float = 5e-3  # weight of |expression - tracker's blendshape estimate|^2
+    oval_weight: float = 0.5  # outline landmarks slide along the silhouette: trust them less
+
+
+@dataclass(frozen=True, eq=False)
+class IdentityFit:
+    identity: np.ndarray  # (100,) ICT identity coefficients
+    expression: np.ndarray  # (53,) the photo's expression weights in [0, 1]
+    rotation: np.ndarray  # (3, 3) model -> camera (y up, z towards the camera)
+    scale: float  # pixels per centimetre
+    translation: np.ndarray  # (2,) pixels
+    error: float  # mean reprojection error of the trusted landmarks / inter-ocular distance
+
+    def photo_projection(self) -> np.ndarray:
+        """(4, 4) model space -> photo pixel x, y (y down) and depth (larger = farther, in pixels)."""
+        matrix = np.eye(4, dtype=np.float32)
+        matrix[:3, :3] = self.scale * np.diag([1.0, -1.0, -1.0]) @ self.rotation
+        matrix[:2, 3] = self.translation
+        return matrix
+
+    def project(self, points: np.ndarray) -> np.ndarray:
+        """(K, 3) model-space points -> (K, 2) photo pixels."""
+        return (points @ self.photo_projection()[:2, :3].T) + self.translation
+
+
+def inter_ocular_distance(landmarks: np.ndarray) -> float:
+    """Distance between the outer eye corners; in 3D (MediaPipe's z is scaled like x), so a turned head keeps it."""
+    return float(np.linalg.norm(landmarks[RIGHT_EYE_OUTER] - landmarks[LEFT_EYE_OUTER]))
+
+
+def fit_weak_perspective(
+    points: np.ndarray, pixels: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Rotation, scale and translation best mapping (K, 3) ``points`` onto (K, 2) ``pixels``.
+
+    Solves the affine camera in closed form, then takes the nearest scaled rotation (SVD of its two rows).
+    """
+    design = np.c_[points, np.ones(len(points))] * weights[:, None]
+    affine, *_ = np.linalg.lstsq(design, pixels * weights[:, None], rcond=None)  # (4, 2)
+    rows = affine[:3].T * np.array([[1.0], [-1.0]])  # undo the y flip: rows are scale * rotation rows 0 and 1
+    u, singular, vt = np.linalg.svd(rows, full_matrices=False)
+    top = u @ vt
+    rotation = np.vstack([top, np.cross(top[0], top[1])])
+    scale = float(singular.mean())
+    translation = np.average(pixels - scale * (points @ rotation[:2].T) * [1.0, -1.0], axis=0, weights=weights)
+    return rotation, scale, translation
+
+
+def bounded_least_squares(a: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """argmin |a x - b|^2 with lower <= x <= upper, by an active-set iteration on the normal equations.
+
+    Each step solves for the free variables with the others held at their bounds, clips, and frees the bound
+    variables whose gradient points inside. Small dense problems (hundreds of unknowns) converge in a few steps.
+    """
+    hessian, rhs = a.T @ a, a.T @ b
+    x = np.clip(np.linalg.solve(hessian, rhs), lower, upper)
+    for _ in range(100):
+        gradient = hessian @ x - rhs
+        held = ((x <= lower) & (gradient > 0)) | ((x >= upper) & (gradient < 0))
+        free = ~held
+        updated = x.copy()
+        updated[free] = np.linalg.solve(hessian[np.ix_(free, free)], rhs[free] - hessian[np.ix_(free, held)] @ x[held])
+        updated = np.clip(updated, lower, upper)
+        if np.allclose(updated, x, atol=1e-7):
+            break
+        x = updated
+    return x
+
+
+def fit_identity(
+    model: IctModel,
+    landmark_map: LandmarkMap,
+    landmarks: np.ndarray,
+    expression_estimate: np.ndarray,
+    options: FitOptions = FitOptions(),
+) -> IdentityFit:
+    """Fit to (478, 2+) photo ``landmarks`` in pixels; ``expression_estimate`` (53,) is the tracker's guess."""
+    pixels = np.asarray(landmarks, np.float64)[:, :2]
+    used = np.setdiff1d(np.arange(len(pixels)), IRIS)
+    weights = np.where(np.isin(used, FACE_OVAL), options.oval_weight, 1.0)
+    pixels = pixels[used]
+    iod = inter_ocular_distance(np.asarray(landmarks))
+
+    subset = LandmarkMap(landmark_map.vertex_ids[used], landmark_map.weights[used])
+    mean = subset.points(model.neutral).astype(np.float64)  # (K, 3)
+    bases = np.concatenate([subset.points(model.identity_basis), subset.points(model.expression_basis)])  # (C, K, 3)
+    n_identity, n_coefficients = len(model.identity_basis), len(bases)
+    estimate = np.clip(expression_estimate, 0, 1)
+    prior_target = np.r_[np.zeros(n_identity), estimate]
+    prior_weight = np.sqrt(np.r_[np.full(n_identity, options.identity_prior),
+                                 np.full(n_coefficients - n_identity, options.expression_prior)])
+    # gaze barely moves the skin landmarks (the irises are not used): keep the tracker's estimate for it
+    gaze = np.array([name.startswith("eyeLook") for name in model.expression_names])
+    lower = np.r_[np.full(n_identity, -np.inf), np.where(gaze, estimate, 0.0)]
+    upper = np.r_[np.full(n_identity, np.inf), np.where(gaze, estimate, 1.0)]
+    normals = subset.points(VertexNormals(model.triangles_of("face", "head_neck"), model.n_vertices)(model.neutral))
+
+    coefficients = prior_target.copy()
+    rotation = np.eye(3)
+    for _ in range(options.iterations):
+        # MediaPipe guesses landmarks on the far side of a turned head: trust only what faces the camera
+        facing = (normals @ rotation.T)[:, 2] / np.linalg.norm(normals, axis=1)
+        visible_weights = weights * np.clip(facing / 0.3, 0.05, 1.0)
+        row_weight = np.repeat(visible_weights, 2) / iod
+        shape = mean + np.tensordot(coefficients, bases, axes=1)
+        rotation, scale, translation = fit_weak_perspective(shape, pixels, visible_weights)
+        linear = scale * np.diag([1.0, -1.0]) @ rotation[:2]  # (2, 3): model -> pixels, without translation
+        design = np.einsum("ij,ckj->kic", linear, bases).reshape(-1, n_coefficients)  # (2K, C)
+        target = (pixels - mean @ linear.T - translation).reshape(-1)
+        a = np.vstack([design * row_weight[:, None], np.diag(prior_weight)])
+        b = np.r_[target * row_weight, prior_weight * prior_target]
+        coefficients = bounded_least_squares(a, b, lower, upper)
+
+    shape = mean + np.tensordot(coefficients, bases, axes=1)
+    rotation, scale, translation = fit_weak_perspective(shape, pixels, weights)
+    fit = IdentityFit(
+        identity=coefficients[:n_identity].astype(np.float32),
+        expression=coefficients[n_identity:].astype(np.float32),
+        rotation=rotation,
+        scale=scale,
+        translation=translation,
+        error=0.0,
+    )
+    trusted = visible_weights >= 0.5  # the landmarks the fit relies on: not the outline, facing the camera
+    error = np.linalg.norm(fit.project(shape) - pixels, axis=1)[trusted].mean() / iod
+    return IdentityFit(fit.identity, fit.expression, rotation, scale, translation, float(error))
