@@ -1,0 +1,57 @@
+"""Offline retargeting: every frame of a driver clip becomes a frame of the output clip, as fast as the machine allows.
+
+Three stages overlap: decoding (the video source's thread), tracking (a worker thread; MediaPipe releases the GIL)
+and retarget + render + encode on this thread, which owns the GL context (ffmpeg encodes in its own process).
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from realtime.pipeline import RetargetPipeline
+from realtime.threads import map_ahead
+from realtime.tracker import FaceObservation
+from realtime.video_io import ClipWriter, Frame, interrupt_on_sigterm, open_video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    path: Path | None  # None when interrupted before the first frame
+    frames: int
+    frames_with_face: int
+    interrupted: bool
+
+
+def render_clip(
+    pipeline: RetargetPipeline, source: Path, out: Path, overwrite: bool = False, progress: bool = True
+) -> ClipResult:
+    """Retarget every frame of ``source`` into ``out`` at the source's frame rate. Ctrl-C or SIGTERM stops early and
+    still finalises the frames done so far into a playable clip."""
+    size = pipeline.renderer.options.size
+    frames = found = 0
+    interrupted = False
+    with interrupt_on_sigterm(), open_video(source) as video:
+        dt = 1.0 / video.fps
+
+        def track(frame: Frame) -> tuple[Frame, FaceObservation | None]:
+            return frame, pipeline.track(frame.image, frame.timestamp)
+
+        writer = ClipWriter(out, video.fps, size, overwrite=overwrite)
+        bar = tqdm(total=video.frame_count, desc=f"Retargeting {Path(source).name}", unit="frame", disable=not progress)
+        try:
+            for _frame, face in map_ahead(track, video, depth=4, name="track"):
+                writer.write(pipeline.render(face, dt))
+                frames += 1
+                found += face is not None
+                bar.update()
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: finalising the %d frames rendered so far", frames)
+        finally:
+            bar.close()
+            path = writer.close()  # on any exit: the frames already rendered stay a playable clip
+    return ClipResult(path=path, frames=frames, frames_with_face=found, interrupted=interrupted)
