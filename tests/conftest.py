@@ -1,0 +1,86 @@
+"""Shared fixtures: the real assets (fetched from the local mirror when missing), real media, one GL context."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_ASSETS = PROJECT.parent / "shared" / "assets"
+MEDIA = SHARED_ASSETS / "media"
+
+
+def media(name: str) -> Path:
+    path = MEDIA / name
+    if not path.is_file():
+        pytest.skip(f"sample media {path} is absent (the shared asset mirror sits beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory) -> Path:
+    """Prepared identities go to a temporary folder, not the checkout's cache (subprocesses inherit it)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("cache")
+    os.environ["RETARGET_CACHE"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """The assets folder with the face landmarker and the converted ICT model, fetched from the mirror if needed."""
+    from realtime.assets import ICT_MODEL_NAME, fetch_all
+    from realtime.paths import assets_dir
+
+    folder = assets_dir()
+    if not (folder / ICT_MODEL_NAME).is_file() or not (folder / "face_landmarker.task").is_file():
+        if not SHARED_ASSETS.is_dir():
+            pytest.skip("assets are not fetched and the shared mirror is absent: run tools/fetch_assets.py")
+        logging.getLogger(__name__).info("fetching assets from %s", SHARED_ASSETS)
+        fetch_all(folder, SHARED_ASSETS)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ict_model(assets: Path):
+    from realtime.ict_model import IctModel
+
+    return IctModel.load(assets / "ict_face_model.npz")
+
+
+@pytest.fixture(scope="session")
+def gl_context():
+    from realtime.renderer import create_context
+
+    ctx = create_context()
+    yield ctx
+    ctx.release()
+
+
+@pytest.fixture(scope="session")
+def image_tracker(assets: Path):
+    """MediaPipe in IMAGE mode, for re-tracking rendered avatars."""
+    from realtime.tracker import FaceTracker, FaceTrackerOptions, RunningMode
+
+    with FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.IMAGE, max_faces=8)) as tracker:
+        yield tracker
+
+
+@pytest.fixture(scope="session")
+def astronaut_pipeline(assets: Path, gl_context):
+    """The whole embedded-default pipeline for the astronaut photo."""
+    from realtime.pipeline import PipelineOptions, RetargetPipeline
+
+    pipeline = RetargetPipeline.create(PipelineOptions(identity=media("skimage_astronaut.png")), gl_context)
+    yield pipeline
+    pipeline.close()
+
+
+def neutral_weights(model, **weights: float) -> np.ndarray:
+    """ICT expression weights: zero except the named shapes."""
+    w = np.zeros(len(model.expression_names), np.float32)
+    for name, value in weights.items():
+        w[model.expression_index(name)] = value
+    return w

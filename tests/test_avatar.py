@@ -1,0 +1,105 @@
+"""The ICT head and its rendering, checked closed-loop: render a pose, track the render with MediaPipe."""
+
+import numpy as np
+import pytest
+
+from realtime.avatar import blendshape_matrix, ict_shape_names
+from realtime.ict_model import PART_NAMES
+from realtime.retarget import AvatarPose, head_rotation
+from realtime.tracker import BLENDSHAPE_NAMES
+from tests.conftest import neutral_weights
+
+
+def test_converted_model_has_the_ict_light_topology(ict_model) -> None:
+    assert ict_model.neutral.shape == (26719, 3)
+    assert ict_model.identity_basis.shape == (100, 26719, 3)
+    assert ict_model.expression_basis.shape == (53, 26719, 3)
+    assert len(ict_model.render_vertex) == 28911  # one render vertex per distinct (vertex, uv) corner
+    assert set(np.unique(ict_model.triangle_part)) == set(range(len(PART_NAMES)))
+    # identity modes are ordered by variance: the first moves the head far more than the last
+    assert np.abs(ict_model.identity_basis[0]).mean() > 10 * np.abs(ict_model.identity_basis[-1]).mean()
+
+
+def test_every_ict_expression_is_driven_by_exactly_one_mediapipe_blendshape(ict_model) -> None:
+    matrix = blendshape_matrix(ict_model.expression_names)
+    assert matrix.shape == (53, len(BLENDSHAPE_NAMES)) == (53, 51)
+    assert (matrix.sum(axis=1) == 1).all()
+    assert ict_shape_names("browInnerUp") == ("browInnerUp_L", "browInnerUp_R")
+    assert ict_shape_names("cheekPuff") == ("cheekPuff_L", "cheekPuff_R")
+    assert ict_shape_names("eyeBlinkLeft") == ("eyeBlink_L",)
+    assert ict_shape_names("eyeBlinkLeft", mirrored=True) == ("eyeBlink_R",)
+    assert ict_shape_names("jawLeft", mirrored=True) == ("jawLeft",)  # a direction, not a side
+
+
+def render(pipeline, rotation=None, **weights: float) -> np.ndarray:
+    pose = AvatarPose(neutral_weights(pipeline.model, **weights), np.eye(3) if rotation is None else rotation, True)
+    return pipeline.render_pose(pose)
+
+
+def test_jaw_open_opens_the_avatars_mouth(astronaut_pipeline, image_tracker) -> None:
+    closed = image_tracker.track(render(astronaut_pipeline))
+    opened = image_tracker.track(render(astronaut_pipeline, jawOpen=1.0))
+    assert closed is not None and opened is not None
+    assert closed.blendshape("jawOpen") < 0.1
+    assert opened.blendshape("jawOpen") > 0.4
+    # and in the pixels: between the inner lips (landmarks 13 and 14) the open mouth shows the dark red interior
+    image = render(astronaut_pipeline, jawOpen=1.0)
+    upper, lower = opened.landmarks[13, :2], opened.landmarks[14, :2]
+    assert lower[1] - upper[1] > 15  # pixels between the lips
+    mid = ((upper + lower) / 2).astype(int)
+    r, g, b = image[mid[1], mid[0]].astype(int)
+    assert r > g + 30 and r > b + 30, f"expected mouth interior (red) at {mid}, got {(r, g, b)}"
+
+
+@pytest.mark.parametrize(
+    ("ict_shape", "same_side", "other_side"),
+    [
+        ("eyeBlink_L", "eyeBlinkLeft", "eyeBlinkRight"),
+        ("eyeBlink_R", "eyeBlinkRight", "eyeBlinkLeft"),
+        ("mouthSmile_L", "mouthSmileLeft", "mouthSmileRight"),
+        ("mouthSmile_R", "mouthSmileRight", "mouthSmileLeft"),
+    ],
+)
+def test_left_and_right_shapes_read_back_on_the_same_side(
+    astronaut_pipeline, image_tracker, ict_shape, same_side, other_side
+) -> None:
+    """The name mapping is what MediaPipe itself reads off the rendered avatar, not an assumption."""
+    face = image_tracker.track(render(astronaut_pipeline, **{ict_shape: 1.0}))
+    assert face is not None
+    assert face.blendshape(same_side) > face.blendshape(other_side) + 0.15
+
+
+def rotation_y(degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+@pytest.mark.parametrize("yaw", [-25.0, 25.0])
+def test_head_rotation_reads_back(astronaut_pipeline, image_tracker, yaw: float) -> None:
+    face = image_tracker.track(render(astronaut_pipeline, rotation=rotation_y(yaw)))
+    assert face is not None
+    rotation = head_rotation(face.transform)
+    measured_yaw = np.degrees(np.arctan2(rotation[0, 2], rotation[2, 2]))
+    assert abs(measured_yaw - yaw) < 8, measured_yaw
+
+
+def partial_edge_fraction(image: np.ndarray, background: np.ndarray) -> float:
+    """Of the rows' left silhouette edges, the fraction whose first avatar pixel is a blend with the background."""
+    luminance = image.astype(float).mean(axis=2)
+    background_luminance = background.mean()
+    blended = total = 0
+    for row, values in zip(image, luminance, strict=True):
+        inside = np.flatnonzero((np.abs(row.astype(int) - background) > 3).any(axis=1))
+        if len(inside) < 10:
+            continue
+        first = inside[0]
+        total += 1
+        blended += (values[first] - background_luminance) < 0.6 * (values[first + 4] - background_luminance)
+    return blended / max(total, 1)
+
+
+def test_render_is_antialiased_and_uses_the_background(astronaut_pipeline) -> None:
+    image = render(astronaut_pipeline)
+    background = np.round(np.array(astronaut_pipeline.renderer.options.background) * 255)
+    assert (np.abs(image[0, 0].astype(int) - background) <= 1).all()
+    assert partial_edge_fraction(image, background) > 0.3
