@@ -64,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool) -> None:
-    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not verbose:  # native libraries' own stderr chatter; our errors say what matters in one line
+        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -74,10 +77,12 @@ def run_offline(args: argparse.Namespace) -> int:
     from realtime.pipeline import PipelineOptions, RetargetPipeline
     from realtime.renderer import RenderOptions
     from realtime.retarget import RetargetOptions
+    from realtime.video_io import open_video
 
     source = Path(args.source)
     if not source.is_file():
         raise UserError(f"driver clip {source} not found: check the path, or give a webcam index like --source 0")
+    open_video(source).close()  # a clip that cannot be decoded fails now, before the identity is prepared
     if args.record is None:
         raise UserError("nothing to write: add --record OUT.mp4 to retarget a clip offline")
     if args.record.exists() and not args.overwrite:

