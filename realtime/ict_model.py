@@ -127,7 +127,7 @@ def convert_facekit(src_dir: Path, out_path: Path) -> None:
 
     shape_files = [f"identity{i:03d}.obj" for i in range(N_IDENTITY)] + [f"{name}.obj" for name in names]
     deltas = np.empty((len(shape_files), *neutral.shape), dtype=np.float32)
-    for i, name in enumerate(tqdm(shape_files, desc="Converting ICT-FaceKit", unit="mesh")):
+    for i, name in enumerate(tqdm(shape_files, desc="Converting ICT-FaceKit", unit="mesh", disable=None)):
         vertices = read_obj_vertices(model_dir / name)
         if vertices.shape != neutral.shape:
             raise ValueError(f"{name}: {vertices.shape[0]} vertices, expected {neutral.shape[0]}")
