@@ -1,0 +1,444 @@
+"""Benchmark the retargeting pipeline: per-stage times and whole-pipeline frames per second.
+
+The only place where the project measures speed (tests never time anything). Three steps:
+
+1. Prepare: the identity (timed on its own; cached on disk after the first run) and the pipeline. A driver clip at the
+   benchmark size is made from a real clip: every frame resized to --size (a resized real clip, not a camera at that
+   size), looped ping-pong up to --frames so the motion stays continuous, written as H.264 into a temp folder.
+2. Stages, one at a time on this thread, each call timed alone with time.perf_counter; the first WARMUP frames are
+   left out of the figures: decode (cv2 read + BGR->RGB, what the decoder thread does), track (MediaPipe, VIDEO mode),
+   retarget (pipeline.pose), geometry (avatar.pose: blendshapes + normals), render (upload, draw, MSAA resolve,
+   read-back) and encode (ClipWriter.write: the pipe to ffmpeg; ffmpeg itself encodes in its own process, at the
+   same time as the other stages, so its CPU time is reported apart).
+3. Whole pipeline: realtime.offline.render_clip on the driver clip --repeat times, each with a fresh pipeline, like one
+   `run.py --source clip.mp4` run (the pipeline's creation is not timed). Compared with the sum of the stage medians
+   (the "sequential estimate"), the ratio shows what the overlapping threads buy.
+
+    python tools/bench.py [--identity PHOTO] [--clip CLIP] [--size 640x480] [--frames 300] [--repeat 3] [--json OUT]
+"""
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from realtime import assets  # noqa: E402
+from realtime.cli import parse_size  # noqa: E402
+from realtime.errors import UserError  # noqa: E402
+from realtime.ict_model import IctModel  # noqa: E402
+from realtime.identity import cache_key, prepare_identity  # noqa: E402
+from realtime.offline import render_clip  # noqa: E402
+from realtime.paths import cache_dir  # noqa: E402
+from realtime.pipeline import PipelineOptions, RetargetPipeline, model_matrix  # noqa: E402
+from realtime.renderer import RenderOptions, create_context  # noqa: E402
+from realtime.video_io import ClipWriter, open_video, probe_video  # noqa: E402
+
+log = logging.getLogger("bench")
+
+MEDIA = PROJECT_ROOT.parent / "shared" / "assets" / "media"
+DEFAULT_IDENTITY = MEDIA / "skimage_astronaut.png"
+DEFAULT_CLIP = MEDIA / "pyfeat_single_face.mp4"
+IDENTITY_CACHE = "identities"  # the sub-folder of cache_dir() that RetargetPipeline.create uses
+WARMUP = 10  # frames run but left out of the stage figures
+STAGES = ("decode", "track", "retarget", "geometry", "render", "encode")
+SLOW_STAGE_MS = 30.0  # a stage above this alone cannot keep 30 frames/s: flagged in the report
+BUSY_CORES = 0.2  # other processes' load above which the report warns that the figures are disturbed
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StageStats:
+    median_ms: float
+    p95_ms: float
+    mean_ms: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class ClipFacts:
+    source: str
+    source_size: tuple[int, int]
+    source_frames: int
+    size: tuple[int, int]
+    frames: int
+    fps: float
+    codec: str
+    looped: bool
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. Prepare
+
+
+def prepare_pipeline(identity: Path, size: tuple[int, int], ctx: Any) -> tuple[RetargetPipeline, dict[str, Any]]:
+    """The pipeline, with the identity's preparation timed apart from the rest of the set-up."""
+    model_path = assets.ict_model_path()
+    entry = cache_dir() / IDENTITY_CACHE / cache_key(identity, model_path)
+    from_cache = (entry / "identity.npz").is_file()
+    start = time.perf_counter()
+    prepare_identity(identity, IctModel.load(model_path), model_path, ctx, cache_dir() / IDENTITY_CACHE)
+    identity_s = time.perf_counter() - start
+    log.info("identity %s: %.2f s (%s)", identity.name, identity_s, "from cache" if from_cache else "built, now cached")
+
+    start = time.perf_counter()
+    pipeline = create_pipeline(identity, size, ctx)
+    create_s = time.perf_counter() - start
+    log.info("pipeline created in %.2f s (model, renderer, tracker; identity from cache)", create_s)
+    return pipeline, {"identity_s": identity_s, "identity_from_cache": from_cache, "pipeline_create_s": create_s}
+
+
+def create_pipeline(identity: Path, size: tuple[int, int], ctx: Any) -> RetargetPipeline:
+    return RetargetPipeline.create(PipelineOptions(identity=identity, render=RenderOptions(size=size)), ctx=ctx)
+
+
+def ping_pong(count: int, length: int) -> Iterator[int]:
+    """``length`` indices walking 0..count-1 forwards, then back, and so on: 0 1 2 1 0 1 2 ... for count 3."""
+    period = max(2 * count - 2, 1)
+    for i in range(length):
+        step = i % period
+        yield step if step < count else period - step
+
+
+def make_driver_clip(source: Path, out: Path, size: tuple[int, int], frames: int) -> ClipFacts:
+    """``source`` resized to ``size`` and cut or looped (ping-pong) to exactly ``frames`` frames, as H.264."""
+    resized: list[np.ndarray] = []
+    with open_video(source) as video:
+        fps, source_size = video.fps, video.size
+        shrink = size[0] * size[1] < source_size[0] * source_size[1]
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        for frame in video:
+            resized.append(cv2.resize(frame.image, size, interpolation=interpolation))
+            if len(resized) == frames:
+                break
+    source_frames = len(resized)
+    with ClipWriter(out, fps, size, overwrite=True) as writer:
+        for index in tqdm(ping_pong(source_frames, frames), total=frames, desc="Driver clip", unit="frame"):
+            writer.write(resized[index])
+    info = probe_video(out)
+    if info.frame_count != frames:
+        log.warning("the driver clip has %d frames, %d were written", info.frame_count, frames)
+    return ClipFacts(
+        source=source.name,
+        source_size=source_size,
+        source_frames=source_frames,  # only as many as were needed
+        size=(info.width, info.height),
+        frames=info.frame_count,
+        fps=fps,
+        codec=info.codec,
+        looped=source_frames < frames,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. Stages, one at a time
+
+
+def timed(samples: list[float], fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, its wall time in milliseconds appended to ``samples``."""
+    start = time.perf_counter()
+    result = fn(*args)
+    samples.append((time.perf_counter() - start) * 1000)
+    return result
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by this process and by its finished (waited-for) children, such as ffmpeg."""
+    times = os.times()
+    return times.user + times.system, times.children_user + times.children_system
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes on the machine have used since boot (Linux /proc/stat), None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class LoadMeter:
+    """How busy the machine was, apart from this benchmark, between ``start()`` and ``stop()``.
+
+    Other processes (someone's test run) take cores from the stages and make the figures meaningless: the report
+    shows their share so a disturbed run is recognised. Call ``stop()`` after ffmpeg children have been waited for.
+    """
+
+    def start(self) -> None:
+        self._wall, self._machine, self._own = time.perf_counter(), machine_busy_seconds(), sum(cpu_seconds())
+
+    def stop(self) -> dict[str, float | None]:
+        wall = time.perf_counter() - self._wall
+        own = (sum(cpu_seconds()) - self._own) / wall
+        machine = machine_busy_seconds()
+        if machine is None or self._machine is None:
+            return {"own_cores": own, "other_cores": None}
+        return {"own_cores": own, "other_cores": max((machine - self._machine) / wall - own, 0.0)}
+
+
+def time_stages(pipeline: RetargetPipeline, clip: Path, fps: float, out: Path) -> tuple[dict[str, list[float]], dict]:
+    """Every frame of ``clip`` through the stages in turn, each call timed on its own."""
+    samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    dt = 1.0 / fps
+    faces = 0
+    capture = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
+    if not capture.isOpened():
+        raise UserError(f"OpenCV could not open the driver clip {clip}")
+
+    def decode() -> np.ndarray | None:
+        ok, bgr = capture.read()
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None
+
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    _, children_before = cpu_seconds()
+    load = LoadMeter()
+    load.start()
+    writer = ClipWriter(out, fps, pipeline.renderer.options.size, overwrite=True)
+    bar = tqdm(total=total, desc="Stages", unit="frame")
+    try:
+        for index in itertools.count():
+            rgb = timed(samples["decode"], decode)
+            if rgb is None:  # the end of the clip
+                samples["decode"].pop()
+                break
+            face = timed(samples["track"], pipeline.track, rgb, index * dt)
+            pose = timed(samples["retarget"], pipeline.pose, face, dt)
+            vertices, normals = timed(samples["geometry"], pipeline.avatar.pose, pose.expression)
+            matrix = model_matrix(pose.rotation)
+            image = timed(samples["render"], pipeline.renderer.render, vertices, normals, matrix)
+            timed(samples["encode"], writer.write, image)
+            faces += face is not None
+            bar.update()
+    finally:
+        bar.close()
+        capture.release()
+        writer.close()  # waits for ffmpeg, so its CPU time is counted below
+    cores = load.stop()
+    frames = len(samples["decode"])
+    ffmpeg_cpu_ms = (cpu_seconds()[1] - children_before) * 1000 / max(frames, 1)
+    return samples, {"frames": frames, "frames_with_face": faces, "ffmpeg_cpu_ms_per_frame": ffmpeg_cpu_ms, **cores}
+
+
+def summarise(samples: list[float]) -> StageStats:
+    measured = np.asarray(samples[WARMUP:])
+    return StageStats(
+        median_ms=float(np.median(measured)),
+        p95_ms=float(np.percentile(measured, 95)),
+        mean_ms=float(measured.mean()),
+        samples=len(measured),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. Whole pipeline
+
+
+def time_whole(identity: Path, size: tuple[int, int], ctx: Any, clip: Path, out: Path, repeat: int) -> list[dict]:
+    """``render_clip`` on ``clip`` ``repeat`` times, each with a fresh pipeline (fresh tracker and filters)."""
+    runs = []
+    for run in tqdm(range(repeat), desc="Whole pipeline", unit="run"):
+        pipeline = create_pipeline(identity, size, ctx)
+        load = LoadMeter()
+        try:
+            load.start()
+            start = time.perf_counter()
+            result = render_clip(pipeline, clip, out, overwrite=True, progress=False)
+            seconds = time.perf_counter() - start
+            cores = load.stop()  # own_cores: CPU seconds per wall second of this process and ffmpeg together
+        finally:
+            pipeline.close()
+        runs.append({
+            "frames": result.frames,
+            "frames_with_face": result.frames_with_face,
+            "seconds": seconds,
+            "fps": result.frames / seconds,
+            **cores,
+        })
+        log.info("run %d: %d frames in %.2f s, %.1f frames/s, %.2f cores busy", run + 1, result.frames, seconds,
+                 result.frames / seconds, cores["own_cores"])
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_facts(ctx: Any, samples: int) -> dict[str, Any]:
+    import mediapipe
+    import moderngl
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "gl_renderer": ctx.info["GL_RENDERER"],
+        "gl_version": ctx.info["GL_VERSION"],
+        "msaa_samples": min(samples, ctx.max_samples),  # what AvatarRenderer asks for
+        "mediapipe": mediapipe.__version__,
+        "moderngl": moderngl.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    machine, clip, prep = report["machine"], report["clip"], report["prepare"]
+    stages, whole = report["stages"], report["whole"]
+    lines = [
+        f"CPU        {machine['cpu_count']} cores ({machine['cpu_available']} available), {machine['cpu_model']}",
+        f"GL         {machine['gl_renderer']} | {machine['gl_version']} | MSAA {machine['msaa_samples']}x",
+        f"versions   python {machine['python']}, mediapipe {machine['mediapipe']}, moderngl {machine['moderngl']}, "
+        f"numpy {machine['numpy']}, opencv {machine['opencv']}",
+        f"clip       {clip['source']} {clip['source_size'][0]}x{clip['source_size'][1]} resized to "
+        f"{clip['size'][0]}x{clip['size'][1]}, {clip['frames']} frames at {clip['fps']:.2f} fps "
+        f"({'looped ping-pong from ' + str(clip['source_frames']) + ' frames' if clip['looped'] else 'not looped'}), "
+        f"{clip['codec']}",
+        f"identity   {report['identity']}: {prep['identity_s']:.2f} s "
+        f"({'from cache' if prep['identity_from_cache'] else 'built, now cached'}); "
+        f"pipeline set-up {prep['pipeline_create_s']:.2f} s",
+        "",
+        f"{'stage':<22}{'median ms':>10}{'p95 ms':>10}",
+    ]
+    for stage in STAGES:
+        stats = stages[stage]
+        flag = "  <-- slow" if stats["median_ms"] > SLOW_STAGE_MS else ""
+        lines.append(f"{stage:<22}{stats['median_ms']:>10.2f}{stats['p95_ms']:>10.2f}{flag}")
+    sequential = report["sequential_estimate"]
+    lines += [
+        f"{'sum of medians':<22}{sequential['ms_per_frame']:>10.2f}{'':>10}  = {sequential['fps']:.1f} frames/s "
+        "(sequential estimate)",
+        "",
+        f"stage timing over {report['stage_run']['frames'] - WARMUP} frames after {WARMUP} warm-up, face found in "
+        f"{report['stage_run']['frames_with_face']}/{report['stage_run']['frames']}; ffmpeg (own process, "
+        f"overlapping) used {report['stage_run']['ffmpeg_cpu_ms_per_frame']:.2f} ms CPU per frame",
+        f"whole pipeline: {whole['fps_median']:.1f} frames/s (median of {len(whole['runs'])}: "
+        + ", ".join(f"{run['fps']:.1f}" for run in whole["runs"])
+        + f"), {np.median([run['own_cores'] for run in whole['runs']]):.2f} cores busy (this process + ffmpeg)",
+        f"whole / sequential: {report['whole_over_sequential']:.2f}x",
+        f"other processes: {format_cores(report['stage_run']['other_cores'])} during the stages, "
+        + ", ".join(format_cores(run["other_cores"]) for run in whole["runs"])
+        + " during the whole runs (should be near 0 for trustworthy figures)",
+    ]
+    return "\n".join(lines)
+
+
+def format_cores(cores: float | None) -> str:
+    return "unknown" if cores is None else f"{cores:.2f} cores"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--identity", type=Path, default=DEFAULT_IDENTITY, metavar="PHOTO",
+                        help=f"identity photo (default {DEFAULT_IDENTITY})")
+    parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help=f"driver clip (default {DEFAULT_CLIP})")
+    parser.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH",
+                        help="benchmark size: driver frames are resized to it and the avatar rendered at it")
+    parser.add_argument("--frames", type=int, default=300, help="frames in the driver clip (default 300)")
+    parser.add_argument("--repeat", type=int, default=3, help="whole-pipeline runs (default 3)")
+    parser.add_argument("--json", type=Path, metavar="OUT.json", help="write every figure here")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    if args.frames <= WARMUP:
+        parser.error(f"--frames must be more than the {WARMUP} warm-up frames")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    for name, path in (("--identity", args.identity), ("--clip", args.clip)):
+        if not path.is_file():
+            parser.error(f"{name} {path} not found: pass {name} PATH (the default lives in ../shared/assets/media)")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    ctx = create_context("egl")
+    pipeline, prepare = prepare_pipeline(args.identity, args.size, ctx)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        driver = Path(tmp) / "driver.mp4"
+        clip = make_driver_clip(args.clip, driver, args.size, args.frames)
+        log.info("driver clip: %s, %dx%d, %d frames", driver, *clip.size, clip.frames)
+        try:
+            samples, stage_run = time_stages(pipeline, driver, clip.fps, Path(tmp) / "stages.mp4")
+            machine = machine_facts(ctx, pipeline.renderer.options.samples)
+        finally:
+            pipeline.close()
+        whole_runs = time_whole(args.identity, args.size, ctx, driver, Path(tmp) / "whole.mp4", args.repeat)
+
+    stages = {stage: asdict(summarise(values)) for stage, values in samples.items()}
+    sequential_ms = sum(stats["median_ms"] for stats in stages.values())
+    whole_fps = float(np.median([r["fps"] for r in whole_runs]))
+    return {
+        "machine": machine,
+        "clip": asdict(clip),
+        "identity": args.identity.name,
+        "prepare": prepare,
+        "warmup_frames": WARMUP,
+        "stage_run": stage_run,
+        "stages": stages,
+        "sequential_estimate": {"ms_per_frame": sequential_ms, "fps": 1000 / sequential_ms},
+        "whole": {"fps_median": whole_fps, "runs": whole_runs},
+        "whole_over_sequential": whole_fps / (1000 / sequential_ms),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = run(args)
+    except UserError as err:
+        log.error("%s", err)
+        return err.exit_code
+    for stage in STAGES:
+        if report["stages"][stage]["median_ms"] > SLOW_STAGE_MS:
+            log.warning("stage %s takes %.1f ms per frame (median): above %.0f ms", stage,
+                        report["stages"][stage]["median_ms"], SLOW_STAGE_MS)
+    if report["stage_run"]["frames_with_face"] < 0.9 * report["stage_run"]["frames"]:
+        log.warning("the tracker found a face in only %d of %d frames: the figures understate tracking work",
+                    report["stage_run"]["frames_with_face"], report["stage_run"]["frames"])
+    busy = [report["stage_run"]["other_cores"]] + [run["other_cores"] for run in report["whole"]["runs"]]
+    if max((c for c in busy if c is not None), default=0.0) > BUSY_CORES:
+        log.warning("other processes kept up to %.2f cores busy during the benchmark: the figures are disturbed, "
+                    "run it again on a quiet machine", max(c for c in busy if c is not None))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        log.info("wrote %s", args.json)
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
