@@ -1,7 +1,8 @@
 """Offline retargeting: every frame of a driver clip becomes a frame of the output clip, as fast as the machine allows.
 
-Three stages overlap: decoding (the video source's thread), tracking (a worker thread; MediaPipe releases the GIL)
-and retarget + render + encode on this thread, which owns the GL context (ffmpeg encodes in its own process).
+Three stages overlap: decoding (the video source's thread), tracking + retargeting + posing the mesh (a worker thread;
+MediaPipe and numpy release the GIL) and drawing on this thread, which owns the GL context; ffmpeg encodes in its own
+process.
 """
 
 import logging
@@ -10,9 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from realtime.pipeline import RetargetPipeline
+from realtime.pipeline import AvatarGeometry, RetargetPipeline
 from realtime.threads import map_ahead
-from realtime.tracker import FaceObservation
 from realtime.video_io import ClipWriter, Frame, interrupt_on_sigterm, open_video
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,17 @@ def render_clip(
     with interrupt_on_sigterm(), open_video(source) as video:
         dt = 1.0 / video.fps
 
-        def track(frame: Frame) -> tuple[Frame, FaceObservation | None]:
-            return frame, pipeline.track(frame.image, frame.timestamp)
+        def prepare(frame: Frame) -> tuple[bool, AvatarGeometry]:
+            face = pipeline.track(frame.image, frame.timestamp)
+            return face is not None, pipeline.geometry(pipeline.pose(face, dt))
 
         writer = ClipWriter(out, video.fps, size, overwrite=overwrite)
         bar = tqdm(total=video.frame_count, desc=f"Retargeting {Path(source).name}", unit="frame", disable=not progress)
         try:
-            for _frame, face in map_ahead(track, video, depth=4, name="track"):
-                writer.write(pipeline.render(face, dt))
+            for tracked, geometry in map_ahead(prepare, video, depth=4, name="track"):
+                writer.write(pipeline.draw(geometry))
                 frames += 1
-                found += face is not None
+                found += tracked
                 bar.update()
         except KeyboardInterrupt:
             interrupted = True

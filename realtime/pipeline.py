@@ -1,8 +1,9 @@
 """The embedded-default pipeline in one object: driver frame in, avatar image out.
 
     pipeline = RetargetPipeline.create(PipelineOptions(identity=Path("trump.jpg")))
-    face = pipeline.track(rgb, timestamp)         # MediaPipe, may run on another thread
-    image = pipeline.render(face, dt)             # retarget + ModernGL, on the GL thread
+    face = pipeline.track(rgb, timestamp)                  # MediaPipe       } may run on a worker thread,
+    geometry = pipeline.geometry(pipeline.pose(face, dt))  # retarget, mesh  } in frame order
+    image = pipeline.draw(geometry)                        # ModernGL, on the GL thread
 """
 
 import logging
@@ -35,6 +36,13 @@ class PipelineOptions:
     background_image: Path | None = None
     use_cache: bool = True
     gl_backend: str | None = "egl"
+
+
+@dataclass(frozen=True, eq=False)
+class AvatarGeometry:
+    vertices: np.ndarray  # (N, 3) model space
+    normals: np.ndarray  # (N, 3)
+    model_matrix: np.ndarray  # (4, 4) head rotation about the neck
 
 
 def model_matrix(rotation: np.ndarray, pivot: np.ndarray = HEAD_PIVOT) -> np.ndarray:
@@ -89,12 +97,20 @@ class RetargetPipeline:
     def pose(self, face: FaceObservation | None, dt: float) -> AvatarPose:
         return self.retargeter.update(face, dt)
 
-    def render_pose(self, pose: AvatarPose) -> np.ndarray:
+    def geometry(self, pose: AvatarPose) -> AvatarGeometry:
+        """The posed mesh (numpy only: may run on a worker thread)."""
         vertices, normals = self.avatar.pose(pose.expression)
-        return self.renderer.render(vertices, normals, model_matrix(pose.rotation))
+        return AvatarGeometry(vertices, normals, model_matrix(pose.rotation))
+
+    def draw(self, geometry: AvatarGeometry) -> np.ndarray:
+        """The avatar image (H, W, 3) uint8 RGB (on the GL thread)."""
+        return self.renderer.render(geometry.vertices, geometry.normals, geometry.model_matrix)
+
+    def render_pose(self, pose: AvatarPose) -> np.ndarray:
+        return self.draw(self.geometry(pose))
 
     def render(self, face: FaceObservation | None, dt: float) -> np.ndarray:
-        """The avatar image (H, W, 3) uint8 RGB for this frame's tracked face (None: face lost)."""
+        """The avatar image for this frame's tracked face (None: face lost), ``dt`` seconds after the last."""
         return self.render_pose(self.pose(face, dt))
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from realtime.paths import shaders_dir
 log = logging.getLogger(__name__)
 
 GL_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1"
+ANTIALIAS_MODES = ("fxaa", "msaa", "none")
 
 
 def create_context(backend: str | None = "egl") -> moderngl.Context:
@@ -101,7 +102,7 @@ class AvatarMesh:
 @dataclass(frozen=True)
 class RenderOptions:
     size: tuple[int, int] = (640, 480)  # width, height
-    samples: int = 4  # MSAA samples
+    antialias: str = "fxaa"  # "fxaa" (a post pass), "msaa" (4 samples; slow on a software rasteriser) or "none"
     background: tuple[float, float, float] = (0.08, 0.09, 0.11)  # RGB in [0, 1], when no background image
     fov_y_degrees: float = 20.0
     framing_height: float = 34.0  # centimetres of the head's plane that fill the frame height
@@ -151,12 +152,26 @@ class AvatarRenderer:
             quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], np.float32).tobytes())
             self._background_vao = ctx.vertex_array(program, [(quad, "2f", "in_position")])
 
-        samples = min(options.samples, ctx.max_samples)
-        self._msaa = ctx.framebuffer(
-            color_attachments=[ctx.renderbuffer((width, height), 4, samples=samples)],
-            depth_attachment=ctx.depth_renderbuffer((width, height), samples=samples),
-        )
-        self._resolved = ctx.framebuffer(color_attachments=[ctx.renderbuffer((width, height), 4)])
+        if options.antialias not in ANTIALIAS_MODES:
+            raise ValueError(f"antialias must be one of {ANTIALIAS_MODES}, got {options.antialias!r}")
+        samples = min(4, ctx.max_samples) if options.antialias == "msaa" else 0
+        self._scene_color = ctx.texture((width, height), 4)
+        self._scene = ctx.framebuffer([self._scene_color], ctx.depth_renderbuffer((width, height)))
+        self._output = ctx.framebuffer([ctx.renderbuffer((width, height), 4)])  # what is read back
+        self._resources = [self._scene_color, self._scene, self._output]
+        self._draw_target = self._scene
+        if samples:
+            self._draw_target = ctx.framebuffer(
+                [ctx.renderbuffer((width, height), 4, samples=samples)],
+                ctx.depth_renderbuffer((width, height), samples=samples),
+            )
+            self._resources.append(self._draw_target)
+        self._fxaa = None
+        if options.antialias == "fxaa":
+            program = load_program(ctx, "fxaa")
+            quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], np.float32).tobytes())
+            self._fxaa = ctx.vertex_array(program, [(quad, "2f", "in_position")])
+            self._resources += [self._fxaa, program, quad]
 
         target = np.array(options.target, np.float32)
         distance = options.framing_height / 2 / np.tan(np.radians(options.fov_y_degrees) / 2)
@@ -179,7 +194,7 @@ class AvatarRenderer:
         model = np.eye(4, dtype=np.float32) if model_matrix is None else np.asarray(model_matrix, np.float32)
         self.program["model"].write(model.T.tobytes())
 
-        self._msaa.use()
+        self._draw_target.use()
         self.ctx.clear(*self.options.background, 1.0)
         if self._background_vao is not None:
             self.ctx.disable(moderngl.DEPTH_TEST)
@@ -188,10 +203,30 @@ class AvatarRenderer:
         self.ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
         self.albedo.use(0)
         self.vao.render(moderngl.TRIANGLES)
-        self.ctx.copy_framebuffer(self._resolved, self._msaa)
+        if self._fxaa is not None:
+            # the pass costs per pixel: run it only around the avatar, copy the rest
+            self.ctx.copy_framebuffer(self._output, self._scene)
+            self._output.use()
+            self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+            self.ctx.scissor = self._screen_box(vertices, model)
+            self._scene_color.use(0)
+            self._fxaa.render(moderngl.TRIANGLE_STRIP)
+            self.ctx.scissor = None
+        else:
+            self.ctx.copy_framebuffer(self._output, self._draw_target)  # resolves MSAA, or copies
         width, height = self.options.size
-        pixels = self._resolved.read(components=3, alignment=1)
+        pixels = self._output.read(components=3, alignment=1)
         return np.frombuffer(pixels, np.uint8).reshape(height, width, 3)[::-1]
+
+    def _screen_box(self, vertices: np.ndarray, model: np.ndarray) -> tuple[int, int, int, int]:
+        """GL scissor box (x, y from the bottom, width, height) around the projected bounding box of ``vertices``."""
+        low, high = vertices.min(axis=0), vertices.max(axis=0)
+        corners = np.array(np.meshgrid(*zip(low, high, strict=True))).reshape(3, -1).T
+        pixels = self.project(corners, model)
+        width, height = self.options.size
+        x0, y0 = np.clip(np.floor(pixels.min(axis=0)) - 2, 0, [width, height]).astype(int)
+        x1, y1 = np.clip(np.ceil(pixels.max(axis=0)) + 2, 0, [width, height]).astype(int)
+        return int(x0), int(height - y1), int(x1 - x0), int(y1 - y0)
 
     def project(self, points: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
         """Pixel coordinates (x right, y down) of model-space ``points`` (K, 3) in the rendered image."""
@@ -202,7 +237,9 @@ class AvatarRenderer:
         return np.c_[(ndc[:, 0] + 1) / 2 * width, (1 - ndc[:, 1]) / 2 * height]
 
     def release(self) -> None:
-        resources = [self.vao, self._positions, self._normals, self.albedo, self._msaa, self._resolved, self.program]
+        resources = [self.vao, self._positions, self._normals, self.albedo, self.program, *self._resources]
+        if self._background_vao is not None:
+            resources += [self._background_vao, self._background]
         for resource in resources:
             resource.release()
 

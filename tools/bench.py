@@ -7,7 +7,7 @@ The only place where the project measures speed (tests never time anything). Thr
    size), looped ping-pong up to --frames so the motion stays continuous, written as H.264 into a temp folder.
 2. Stages, one at a time on this thread, each call timed alone with time.perf_counter; the first WARMUP frames are
    left out of the figures: decode (cv2 read + BGR->RGB, what the decoder thread does), track (MediaPipe, VIDEO mode),
-   retarget (pipeline.pose), geometry (avatar.pose: blendshapes + normals), render (upload, draw, MSAA resolve,
+   retarget (pipeline.pose), geometry (avatar.pose: blendshapes + normals), render (upload, draw, anti-aliasing,
    read-back) and encode (ClipWriter.write: the pipe to ffmpeg; ffmpeg itself encodes in its own process, at the
    same time as the other stages, so its CPU time is reported apart).
 3. Whole pipeline: realtime.offline.render_clip on the driver clip --repeat times, each with a fresh pipeline, like one
@@ -282,7 +282,7 @@ def time_whole(identity: Path, size: tuple[int, int], ctx: Any, clip: Path, out:
 # Report
 
 
-def machine_facts(ctx: Any, samples: int) -> dict[str, Any]:
+def machine_facts(ctx: Any, antialias: str) -> dict[str, Any]:
     import mediapipe
     import moderngl
 
@@ -293,7 +293,7 @@ def machine_facts(ctx: Any, samples: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "gl_renderer": ctx.info["GL_RENDERER"],
         "gl_version": ctx.info["GL_VERSION"],
-        "msaa_samples": min(samples, ctx.max_samples),  # what AvatarRenderer asks for
+        "antialias": antialias,
         "mediapipe": mediapipe.__version__,
         "moderngl": moderngl.__version__,
         "numpy": np.__version__,
@@ -316,7 +316,7 @@ def format_report(report: dict[str, Any]) -> str:
     stages, whole = report["stages"], report["whole"]
     lines = [
         f"CPU        {machine['cpu_count']} cores ({machine['cpu_available']} available), {machine['cpu_model']}",
-        f"GL         {machine['gl_renderer']} | {machine['gl_version']} | MSAA {machine['msaa_samples']}x",
+        f"GL         {machine['gl_renderer']} | {machine['gl_version']} | anti-aliasing {machine['antialias']}",
         f"versions   python {machine['python']}, mediapipe {machine['mediapipe']}, moderngl {machine['moderngl']}, "
         f"numpy {machine['numpy']}, opencv {machine['opencv']}",
         f"clip       {clip['source']} {clip['source_size'][0]}x{clip['source_size'][1]} resized to "
@@ -391,7 +391,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log.info("driver clip: %s, %dx%d, %d frames", driver, *clip.size, clip.frames)
         try:
             samples, stage_run = time_stages(pipeline, driver, clip.fps, Path(tmp) / "stages.mp4")
-            machine = machine_facts(ctx, pipeline.renderer.options.samples)
+            machine = machine_facts(ctx, pipeline.renderer.options.antialias)
         finally:
             pipeline.close()
         whole_runs = time_whole(args.identity, args.size, ctx, driver, Path(tmp) / "whole.mp4", args.repeat)
