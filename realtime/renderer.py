@@ -169,6 +169,7 @@ class AvatarRenderer:
         self._fxaa = None
         if options.antialias == "fxaa":
             program = load_program(ctx, "fxaa")
+            program["texel"].value = (1.0 / width, 1.0 / height)
             quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], np.float32).tobytes())
             self._fxaa = ctx.vertex_array(program, [(quad, "2f", "in_position")])
             self._resources += [self._fxaa, program, quad]
