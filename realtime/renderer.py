@@ -156,6 +156,7 @@ class AvatarRenderer:
             raise ValueError(f"antialias must be one of {ANTIALIAS_MODES}, got {options.antialias!r}")
         samples = min(4, ctx.max_samples) if options.antialias == "msaa" else 0
         self._scene_color = ctx.texture((width, height), 4)
+        self._scene_color.repeat_x = self._scene_color.repeat_y = False
         self._scene = ctx.framebuffer([self._scene_color], ctx.depth_renderbuffer((width, height)))
         self._output = ctx.framebuffer([ctx.renderbuffer((width, height), 4)])  # what is read back
         self._resources = [self._scene_color, self._scene, self._output]

@@ -31,14 +31,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cv2
-import numpy as np
-from tqdm import tqdm
-
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatter
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import realtime  # noqa: E402, F401, I001  (first: it sets the thread environment before numpy loads, as in the app)
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from realtime import assets  # noqa: E402
 from realtime.cli import parse_size  # noqa: E402
