@@ -23,6 +23,10 @@ PART_COLORS: dict[str, tuple[float, float, float]] = {
     # "eyelashes": (0.06, 0.045, 0.04),
 }
 TEXTURED_PARTS = ("face", "head_neck")
+# Parts seen only through the mouth, drawn from coarser copies (this fraction of their triangles removed): the
+# software rasteriser pays per triangle, and these are a third of the head's triangles for a few pixels on screen.
+SIMPLIFIED_PARTS = {"teeth": 0.7, "gums_tongue": 0.7, "mouth_socket": 0.7, "eye_socket_left": 0.5,
+                    "eye_socket_right": 0.5}
 IRIS_RADIUS_CM = 0.58
 PUPIL_RADIUS_CM = 0.22
 # MediaPipe's two symmetric scores drive both halves of ICT's split shapes.
@@ -49,9 +53,41 @@ def blendshape_matrix(expression_names: tuple[str, ...], mirrored: bool = False)
     return matrix
 
 
+def simplify_part(model: IctModel, part: str, reduction: float) -> np.ndarray:
+    """A coarser copy of an untextured part over a subset of its own vertices, (T', 3) render-vertex triangles.
+
+    Quadric edge collapses (fast-simplification) are replayed as half-edge collapses: every removed vertex merges into
+    the vertex that survives it, which keeps its original position, so the coarse mesh deforms with the same
+    identity and expression shapes as the full one.
+    """
+    import fast_simplification
+
+    part_triangles = model.triangles[model.part_mask(part)]
+    used, local = np.unique(model.render_vertex[part_triangles], return_inverse=True)
+    local = local.reshape(-1, 3).astype(np.int32)
+    _, _, collapses = fast_simplification.simplify(
+        model.neutral[used].astype(np.float32), local, target_reduction=reduction, return_collapses=True
+    )
+    survivor = np.arange(len(used))
+    for kept, removed in collapses:
+        survivor[removed] = kept
+    while not np.array_equal(survivor[survivor], survivor):  # follow chains of collapses to their end
+        survivor = survivor[survivor]
+    triangles = survivor[local]
+    triangles = triangles[(triangles[:, 0] != triangles[:, 1]) & (triangles[:, 1] != triangles[:, 2])
+                          & (triangles[:, 0] != triangles[:, 2])]
+    _, first = np.unique(np.sort(triangles, axis=1), axis=0, return_index=True)
+    triangles = used[triangles[np.sort(first)]]
+    render_of = np.empty(model.n_vertices, np.int64)  # back to this part's own render vertices (and materials)
+    render_of[model.render_vertex[part_triangles.ravel()]] = part_triangles.ravel()
+    return render_of[triangles].astype(np.int32)
+
+
 def drawn_triangles(model: IctModel) -> np.ndarray:
     """(T', 3) render-vertex triangles the avatar draws."""
-    return model.triangles[model.part_mask(*PART_COLORS)]
+    parts = [simplify_part(model, name, SIMPLIFIED_PARTS[name]) if name in SIMPLIFIED_PARTS
+             else model.triangles[model.part_mask(name)] for name in PART_COLORS]
+    return np.concatenate(parts)
 
 
 def paint_irises(model: IctModel, material: np.ndarray, iris_color: np.ndarray) -> None:

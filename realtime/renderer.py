@@ -255,7 +255,7 @@ def texture_from_image(ctx: moderngl.Context, image: np.ndarray, mipmaps: bool) 
                           dtype=dtype, alignment=1)
     if mipmaps:
         texture.build_mipmaps()
-        texture.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
+        texture.filter = (moderngl.LINEAR_MIPMAP_NEAREST, moderngl.LINEAR)  # trilinear costs ~10% more in software
     else:
         texture.filter = (moderngl.LINEAR, moderngl.LINEAR)
     texture.repeat_x = texture.repeat_y = False
