@@ -128,6 +128,28 @@ def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None) -> 
     )
 
 
+# ICT's eyeLook* shapes move only the lids and the skin around the eyes; the eyeballs are turned here, by this much
+# at full weight (horizontal, vertical), about each eyeball's centre.
+GAZE_DEGREES = (30.0, 25.0)
+
+
+def sphere_center(points: np.ndarray) -> np.ndarray:
+    """Least-squares centre of the sphere through (K, 3) ``points``: |p|^2 = 2 p.c + (r^2 - |c|^2) is linear in c."""
+    design = np.c_[2 * points, np.ones(len(points))]
+    solution, *_ = np.linalg.lstsq(design, (points**2).sum(axis=1), rcond=None)
+    return solution[:3]
+
+
+def gaze_rotation(look_out: float, look_in: float, look_up: float, look_down: float, outward: float) -> np.ndarray:
+    """(3, 3) eyeball rotation for one eye's eyeLook* weights; ``outward`` is +1 for the eye at +x, -1 otherwise."""
+    yaw = np.radians(outward * (look_out - look_in) * GAZE_DEGREES[0])  # about +y: the gaze (+z) turns towards +x
+    pitch = np.radians((look_up - look_down) * GAZE_DEGREES[1])  # the gaze turns towards +y
+    cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+    turn = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+    lift = np.array([[1.0, 0.0, 0.0], [0.0, cp, sp], [0.0, -sp, cp]])
+    return (turn @ lift).astype(np.float32)
+
+
 class Avatar:
     """An identity's head that takes expression weights: ``vertices, normals = avatar.pose(weights)``.
 
@@ -147,14 +169,20 @@ class Avatar:
         for i in range(n_shapes):
             shape_normals = self.exact_normals(self.identity_vertices + model.expression_basis[i])
             self._normal_basis[i] = (shape_normals - self.identity_normals).ravel()
-
-    def vertices(self, expression_weights: np.ndarray) -> np.ndarray:
-        """(53,) ICT expression weights -> (N, 3) vertices."""
-        offsets = np.asarray(expression_weights, np.float32) @ self._expression_basis
-        return self.identity_vertices + offsets.reshape(-1, 3)
+        self._eyes = []  # (vertex indices, centre, weight indices of out/in/up/down, outward sign) per eye
+        for side, suffix, outward in (("left", "_L", 1.0), ("right", "_R", -1.0)):
+            vertices = np.unique(model.triangles_of(f"sclera_{side}", f"iris_{side}"))
+            center = sphere_center(self.identity_vertices[np.unique(model.triangles_of(f"sclera_{side}"))])
+            looks = [model.expression_index(f"eyeLook{d}{suffix}") for d in ("Out", "In", "Up", "Down")]
+            self._eyes.append((vertices, center.astype(np.float32), looks, outward))
 
     def pose(self, expression_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(53,) weights -> (N, 3) vertices and (N, 3) approximate, unnormalised normals."""
+        """(53,) ICT expression weights -> (N, 3) vertices and (N, 3) approximate, unnormalised normals."""
         weights = np.asarray(expression_weights, np.float32)
+        vertices = self.identity_vertices + (weights @ self._expression_basis).reshape(-1, 3)
         normals = self.identity_normals + (weights @ self._normal_basis).reshape(-1, 3)
-        return self.vertices(weights), normals
+        for eye, center, looks, outward in self._eyes:
+            rotation = gaze_rotation(*weights[looks], outward)
+            vertices[eye] = (vertices[eye] - center) @ rotation.T + center
+            normals[eye] = normals[eye] @ rotation.T
+        return vertices, normals

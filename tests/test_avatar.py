@@ -58,6 +58,9 @@ def test_jaw_open_opens_the_avatars_mouth(astronaut_pipeline, image_tracker) -> 
         ("eyeBlink_R", "eyeBlinkRight", "eyeBlinkLeft"),
         ("mouthSmile_L", "mouthSmileLeft", "mouthSmileRight"),
         ("mouthSmile_R", "mouthSmileRight", "mouthSmileLeft"),
+        ("eyeLookOut_L", "eyeLookOutLeft", "eyeLookOutRight"),
+        ("eyeLookOut_R", "eyeLookOutRight", "eyeLookOutLeft"),
+        ("eyeLookIn_L", "eyeLookInLeft", "eyeLookInRight"),
     ],
 )
 def test_left_and_right_shapes_read_back_on_the_same_side(

