@@ -14,6 +14,7 @@ class RetargetOptions:
     mirrored: bool = False  # swap left and right (for a driver seen in a mirror)
     hold_when_lost: bool = False  # keep the last pose while the face is lost, instead of easing to neutral
     ease_seconds: float = 0.4  # time constant of the ease to neutral when the face is lost
+    pickup_seconds: float = 0.12  # time constant of the blend back to the tracked pose when the face returns
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,42 +47,72 @@ def head_rotation(transform: np.ndarray) -> np.ndarray:
     return rotation
 
 
-def slerp_to_identity(rotation: np.ndarray, amount: float) -> np.ndarray:
-    """Rotate ``rotation`` by ``amount`` in [0, 1] of the way back to the identity (about its own axis)."""
-    angle = np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0))
+def rotate_toward(current: np.ndarray, target: np.ndarray, amount: float) -> np.ndarray:
+    """``amount`` in [0, 1] of the way from rotation ``current`` to ``target`` (3, 3), along the shortest arc."""
+    delta = current.T @ target
+    angle = np.arccos(np.clip((np.trace(delta) - 1) / 2, -1.0, 1.0))
     if angle < 1e-6:
-        return np.eye(3)
-    axis = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]])
+        return target.copy() if amount >= 1 else current.copy()
+    axis = np.array([delta[2, 1] - delta[1, 2], delta[0, 2] - delta[2, 0], delta[1, 0] - delta[0, 1]])
     axis /= np.linalg.norm(axis) + 1e-12
-    remaining = angle * (1 - amount)
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(remaining) * k + (1 - np.cos(remaining)) * (k @ k)
+    step = angle * amount
+    return current @ (np.eye(3) + np.sin(step) * k + (1 - np.cos(step)) * (k @ k))
 
 
 class Retargeter:
-    """Maps each frame's `FaceObservation` (or None) to an `AvatarPose`; eases to neutral while the face is lost."""
+    """Maps each frame's `FaceObservation` (or None) to an `AvatarPose`.
+
+    While the face is lost the avatar eases to neutral (or holds, by option); when it returns, the avatar blends back
+    to the tracked pose instead of jumping. `calibrate_neutral` takes the user's resting face as the zero point.
+    """
 
     def __init__(self, expression_names: tuple[str, ...], options: RetargetOptions = RetargetOptions()) -> None:
         self.options = options
         self._matrix = blendshape_matrix(expression_names, mirrored=options.mirrored)
         self._pose = AvatarPose(np.zeros(len(expression_names), np.float32), np.eye(3), tracked=False)
+        self._rest = np.zeros(self._matrix.shape[1], np.float32)  # the user's resting blendshape scores
+        self._recovering = False  # blending back to the tracked pose after the face was lost
+
+    def calibrate_neutral(self, face: FaceObservation) -> None:
+        """From now on, ``face``'s blendshape scores count as the neutral face (its resting smile, brows, ...)."""
+        self._rest = np.clip(face.blendshapes, 0.0, 0.9).astype(np.float32)
+
+    def reset_neutral(self) -> None:
+        self._rest = np.zeros_like(self._rest)
+
+    def target(self, face: FaceObservation) -> AvatarPose:
+        """The pose ``face`` asks for, before any blending over time."""
+        scores = np.clip((face.blendshapes - self._rest) / (1.0 - self._rest), 0.0, 1.0)
+        expression = np.clip(self._matrix @ scores, 0.0, 1.0).astype(np.float32)
+        rotation = head_rotation(face.transform) if self.options.head_pose else np.eye(3)
+        if self.options.mirrored:
+            flip = np.diag([-1.0, 1.0, 1.0])
+            rotation = flip @ rotation @ flip
+        return AvatarPose(expression, rotation, tracked=True)
 
     def update(self, face: FaceObservation | None, dt: float) -> AvatarPose:
         """The pose for this frame; ``dt`` is the time since the previous frame in seconds."""
+        previous, dt = self._pose, max(dt, 0.0)
         if face is not None:
-            expression = np.clip(self._matrix @ face.blendshapes, 0.0, 1.0)
-            rotation = head_rotation(face.transform) if self.options.head_pose else np.eye(3)
-            if self.options.mirrored:
-                flip = np.diag([-1.0, 1.0, 1.0])
-                rotation = flip @ rotation @ flip
-            self._pose = AvatarPose(expression.astype(np.float32), rotation, tracked=True)
+            wanted = self.target(face)
+            if self._recovering:
+                self._pose = blend(previous, wanted, 1.0 - np.exp(-dt / self.options.pickup_seconds))
+                self._recovering = np.abs(self._pose.expression - wanted.expression).max() > 0.02
+            else:
+                self._pose = wanted
         elif self.options.hold_when_lost:
-            self._pose = AvatarPose(self._pose.expression, self._pose.rotation, tracked=False)
+            self._recovering = True
+            self._pose = AvatarPose(previous.expression, previous.rotation, tracked=False)
         else:
-            amount = 1.0 - np.exp(-max(dt, 0.0) / self.options.ease_seconds)
-            self._pose = AvatarPose(
-                (self._pose.expression * (1 - amount)).astype(np.float32),
-                slerp_to_identity(self._pose.rotation, amount),
-                tracked=False,
-            )
+            self._recovering = True  # blend back when the face returns
+            amount = 1.0 - np.exp(-dt / self.options.ease_seconds)
+            neutral = AvatarPose(np.zeros_like(previous.expression), np.eye(3), tracked=False)
+            self._pose = blend(previous, neutral, amount)
         return self._pose
+
+
+def blend(start: AvatarPose, end: AvatarPose, amount: float) -> AvatarPose:
+    """``amount`` in [0, 1] of the way from ``start`` to ``end``; tracked as ``end`` is."""
+    expression = (start.expression + (end.expression - start.expression) * amount).astype(np.float32)
+    return AvatarPose(expression, rotate_toward(start.rotation, end.rotation, amount), end.tracked)

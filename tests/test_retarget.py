@@ -1,0 +1,55 @@
+"""Retargeting over time: face lost and found, neutral calibration (real tracked faces from real photos)."""
+
+import numpy as np
+import pytest
+
+from realtime.images import read_image
+from realtime.retarget import RetargetOptions, Retargeter, rotate_toward
+from tests.conftest import media
+
+
+@pytest.fixture(scope="module")
+def smiling_face(image_tracker):
+    return image_tracker.track(read_image(media("skimage_astronaut.png")))
+
+
+def smile(model, pose) -> float:
+    return float(pose.expression[model.expression_index("mouthSmile_L")])
+
+
+def test_face_lost_eases_to_neutral_and_back_without_jumps(ict_model, smiling_face) -> None:
+    retargeter = Retargeter(ict_model.expression_names)
+    dt = 1 / 30
+    tracked = retargeter.update(smiling_face, dt)
+    assert smile(ict_model, tracked) > 0.5
+    lost = [smile(ict_model, retargeter.update(None, dt)) for _ in range(30)]
+    assert all(b < a for a, b in zip([smile(ict_model, tracked), *lost], lost, strict=False)), "eases monotonically"
+    assert lost[0] > 0.8 * smile(ict_model, tracked), "no jump on the first lost frame"
+    assert lost[-1] < 0.1, "close to neutral after a second"
+    found = [smile(ict_model, retargeter.update(smiling_face, dt)) for _ in range(30)]
+    assert found[0] < 0.5 * smile(ict_model, tracked), "picks up smoothly, not in one frame"
+    assert abs(found[-1] - smile(ict_model, tracked)) < 0.02, "and reaches the tracked pose"
+
+
+def test_hold_when_lost_keeps_the_last_pose(ict_model, smiling_face) -> None:
+    retargeter = Retargeter(ict_model.expression_names, RetargetOptions(hold_when_lost=True))
+    tracked = retargeter.update(smiling_face, 1 / 30)
+    held = retargeter.update(None, 1.0)
+    np.testing.assert_array_equal(held.expression, tracked.expression)
+    assert not held.tracked
+
+
+def test_neutral_calibration_removes_the_resting_expression(ict_model, smiling_face) -> None:
+    retargeter = Retargeter(ict_model.expression_names)
+    retargeter.calibrate_neutral(smiling_face)
+    assert smile(ict_model, retargeter.target(smiling_face)) < 0.01
+    retargeter.reset_neutral()
+    assert smile(ict_model, retargeter.target(smiling_face)) > 0.5
+
+
+def test_rotate_toward_follows_the_shortest_arc() -> None:
+    c, s = np.cos(np.radians(40)), np.sin(np.radians(40))
+    target = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    half = rotate_toward(np.eye(3), target, 0.5)
+    assert np.degrees(np.arctan2(half[0, 2], half[2, 2])) == pytest.approx(20, abs=1e-6)
+    np.testing.assert_allclose(rotate_toward(np.eye(3), target, 1.0), target, atol=1e-9)
