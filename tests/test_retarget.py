@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from realtime.images import read_image
-from realtime.retarget import RetargetOptions, Retargeter, rotate_toward
+from realtime.retarget import Retargeter, RetargetOptions, rotate_toward
 from tests.conftest import media
 
 
