@@ -15,6 +15,7 @@ class RetargetOptions:
     hold_when_lost: bool = False  # keep the last pose while the face is lost, instead of easing to neutral
     ease_seconds: float = 0.4  # time constant of the ease to neutral when the face is lost
     pickup_seconds: float = 0.12  # time constant of the blend back to the tracked pose when the face returns
+    confirm_frames: int = 3  # a face found after a loss counts once seen this many frames in a row (no blips)
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +74,7 @@ class Retargeter:
         self._pose = AvatarPose(np.zeros(len(expression_names), np.float32), np.eye(3), tracked=False)
         self._rest = np.zeros(self._matrix.shape[1], np.float32)  # the user's resting blendshape scores
         self._recovering = False  # blending back to the tracked pose after the face was lost
+        self._seen_in_a_row = 0  # frames with a face since the last frame without
 
     def calibrate_neutral(self, face: FaceObservation) -> None:
         """From now on, ``face``'s blendshape scores count as the neutral face (its resting smile, brows, ...)."""
@@ -94,6 +96,9 @@ class Retargeter:
     def update(self, face: FaceObservation | None, dt: float) -> AvatarPose:
         """The pose for this frame; ``dt`` is the time since the previous frame in seconds."""
         previous, dt = self._pose, max(dt, 0.0)
+        self._seen_in_a_row = self._seen_in_a_row + 1 if face is not None else 0
+        if face is not None and self._recovering and self._seen_in_a_row < self.options.confirm_frames:
+            face = None  # not yet: a face that flickers in for a frame or two is more likely a false detection
         if face is not None:
             wanted = self.target(face)
             if self._recovering:

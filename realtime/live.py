@@ -1,0 +1,240 @@
+"""The live loop: camera frames in; avatar frames out to the virtual camera, the preview window and the recorder.
+
+Everything but capture runs on this thread, which owns the GL context: a new camera frame is tracked, retargeted,
+drawn and handed to the outputs at once (lowest latency). When the camera stalls or is reconnecting, or the user
+pauses, the last avatar frame is sent again at the output rate, so a video call never freezes on a dropped stream.
+"""
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from realtime.capture import Capture
+from realtime.errors import UserError
+from realtime.pipeline import RetargetPipeline
+from realtime.retarget import AvatarPose
+from realtime.tracker import FaceObservation
+from realtime.video_io import ClipWriter, interrupt_on_sigterm, next_free_path
+from realtime.virtual_camera import VirtualCamera
+from realtime.window import Key, Overlay, PreviewWindow
+
+log = logging.getLogger(__name__)
+
+
+HISTORY = 108_000
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    fps: float | None = None  # output rate; None: the camera's
+    record: Path | None = None  # record from the start into this file
+    record_path: Path = Path("retarget.mp4")  # where the record key saves (next free name: retarget-1.mp4, ...)
+    overwrite: bool = False
+    max_frames: int | None = None  # stop after this many output frames (tests, benchmarks)
+    stall_periods: float = 1.5  # no camera frame for this many frame periods: send the last avatar frame again
+
+
+@dataclass
+class LiveStats:
+    frames_out: int = 0  # frames handed to the outputs
+    frames_rendered: int = 0  # camera frames retargeted
+    frames_held: int = 0  # repeats of the last avatar frame (camera stalled, reconnecting or paused)
+    frames_with_face: int = 0
+    # capture -> handed to the virtual camera, per new frame; and time.monotonic() of each output frame. Bounded (an
+    # hour at 30 fps) so that a whole meeting does not grow memory.
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    output_times: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    recordings: list[Path] = field(default_factory=list)
+
+
+class Recorder:
+    """The record key's clip: start, write, stop; a failing disk stops the recording, not the app."""
+
+    def __init__(self, fps: float, size: tuple[int, int], overwrite: bool) -> None:
+        self.fps, self.size, self.overwrite = fps, size, overwrite
+        self._writer: ClipWriter | None = None
+        self._started = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self._writer is not None
+
+    @property
+    def name(self) -> str | None:
+        return self._writer.path.name if self._writer is not None else None
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self._started if self._writer is not None else 0.0
+
+    def start(self, path: Path) -> Path:
+        self._writer = ClipWriter(path, self.fps, self.size, overwrite=self.overwrite)
+        self._started = time.monotonic()
+        log.info("recording to %s", path)
+        return path
+
+    def write(self, image: np.ndarray) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.write(image)
+        except (UserError, OSError) as err:
+            log.error("recording stopped: %s", err)
+            self.stop()
+
+    def stop(self) -> Path | None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return None
+        try:
+            path = writer.close()
+        except (UserError, OSError) as err:
+            log.error("the recording could not be finalised: %s", err)
+            return None
+        if path is not None:
+            log.info("saved %s (%d frames)", path, writer.frames_written)
+        return path
+
+
+class LiveLoop:
+    def __init__(
+        self,
+        pipeline: RetargetPipeline,
+        capture: Capture,
+        virtual_camera: VirtualCamera | None,
+        window: PreviewWindow | None,
+        options: LiveOptions = LiveOptions(),
+    ) -> None:
+        self.pipeline = pipeline
+        self.capture = capture
+        self.virtual_camera = virtual_camera
+        self.window = window
+        self.options = options
+        self.fps = options.fps or capture.fps
+        self.recorder = Recorder(self.fps, pipeline.renderer.options.size, options.overwrite)
+        self.stats = LiveStats()
+        self.paused = False
+        self.show_help = False
+        self._message: tuple[str, float] | None = None
+        self._last_face: FaceObservation | None = None
+        self._camera_image: np.ndarray | None = None
+        self._avatar = pipeline.render_pose(AvatarPose(np.zeros(len(pipeline.model.expression_names), np.float32),
+                                                       np.eye(3), tracked=False))
+        self._tracking = False
+
+    def run(self) -> LiveStats:
+        """Until the quit key, the end of a clip, max_frames, Ctrl-C or SIGTERM; the recording is always finalised."""
+        if self.options.record is not None:
+            self.stats.recordings.append(self.recorder.start(self.options.record))
+        try:
+            with interrupt_on_sigterm():
+                self._loop()
+        except KeyboardInterrupt:
+            log.info("interrupted: stopping")
+        finally:
+            self.recorder.stop()
+        return self.stats
+
+    def _loop(self) -> None:
+        period = 1.0 / self.fps
+        last_index, last_capture_time = -1, None
+        last_output = time.monotonic()
+        while not self._finished():
+            if self.window is not None and not self._handle_keys(self.window.poll()):
+                return
+            wait = max(0.0, last_output + self.options.stall_periods * period - time.monotonic())
+            frame = self.capture.latest(after=last_index, timeout=min(wait, period))
+            if frame is not None:
+                last_index = frame.index
+                self._camera_image = frame.image
+                if self.paused:
+                    self._emit(held=True)
+                else:
+                    dt = period if last_capture_time is None else frame.timestamp - last_capture_time
+                    self._retarget(frame.image, frame.timestamp, dt)
+                    self._emit(captured_at=frame.timestamp)
+                last_capture_time = frame.timestamp
+                last_output = time.monotonic()
+            elif self.capture.state == "ended":
+                log.info("the source ended")
+                return
+            elif time.monotonic() - last_output >= self.options.stall_periods * period:
+                self._emit(held=True)
+                last_output += period  # keep the output rate while the camera is away
+
+    def _finished(self) -> bool:
+        return self.options.max_frames is not None and self.stats.frames_out >= self.options.max_frames
+
+    def _retarget(self, image: np.ndarray, timestamp: float, dt: float) -> None:
+        face = self.pipeline.track(image, timestamp)
+        self._avatar = self.pipeline.draw(self.pipeline.geometry(self.pipeline.pose(face, dt)))
+        self._last_face, self._tracking = face, face is not None
+        self.stats.frames_rendered += 1
+        self.stats.frames_with_face += face is not None
+
+    def _emit(self, captured_at: float | None = None, held: bool = False) -> None:
+        """Hand the current avatar frame to every output: the virtual camera first (it is the latency that counts)."""
+        if self.virtual_camera is not None and not self.virtual_camera.send(self._avatar):
+            self.virtual_camera = None  # it logged why; the other outputs go on
+        now = time.monotonic()
+        if captured_at is not None:
+            self.stats.latencies_ms.append((now - captured_at) * 1000)
+        self.stats.output_times.append(now)
+        self.stats.frames_out += 1
+        self.stats.frames_held += held
+        self.recorder.write(self._avatar)
+        if self.window is not None:
+            self.window.show(self._camera_image, self._avatar, self._overlay())
+
+    def _overlay(self) -> Overlay:
+        message = None
+        if self._message is not None and time.monotonic() - self._message[1] < 3.0:
+            message = self._message[0]
+        times = self.stats.output_times
+        recent = [times[i] for i in range(max(0, len(times) - 30), len(times))]
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        return Overlay(
+            fps=fps,
+            latency_ms=self.stats.latencies_ms[-1] if self.stats.latencies_ms else None,
+            tracking=self._tracking,
+            camera_state=self.capture.state,
+            recording=self.recorder.name,
+            recording_seconds=self.recorder.seconds,
+            paused=self.paused,
+            show_help=self.show_help,
+            message=message,
+        )
+
+    def _say(self, message: str) -> None:
+        log.info("%s", message)
+        self._message = (message, time.monotonic())
+
+    def _handle_keys(self, keys: list[Key]) -> bool:
+        """Act on the keys pressed since the last frame; False to quit."""
+        for key in keys:
+            if key is Key.QUIT:
+                return False
+            if key is Key.RECORD:
+                if self.recorder.active:
+                    path = self.recorder.stop()
+                    self._say(f"saved {path.name}" if path else "nothing recorded")
+                else:
+                    path = self.recorder.start(next_free_path(self.options.record_path))
+                    self.stats.recordings.append(path)
+                    self._say(f"recording {path.name}")
+            elif key is Key.NEUTRAL:
+                if self._last_face is not None and self._tracking:
+                    self.pipeline.retargeter.calibrate_neutral(self._last_face)
+                    self._say("neutral face calibrated")
+                else:
+                    self._say("no face to calibrate: look at the camera and press n again")
+            elif key is Key.HELP:
+                self.show_help = not self.show_help
+            elif key is Key.PAUSE:
+                self.paused = not self.paused
+                self._say("paused" if self.paused else "resumed")
+        return True
