@@ -140,3 +140,45 @@ def test_missing_devices_get_clear_advice(assets, tmp_path) -> None:
     assert nothing.returncode == 2
     assert "modprobe v4l2loopback" in stderr, "how to get a virtual camera"
     assert stderr.strip().splitlines()[-1].startswith("error: nothing to output")
+
+
+def test_preview_window_keys_record_and_quit(assets, tmp_path) -> None:
+    """The live app as a user runs it, in a real window on a private X server, driven by real key presses."""
+    import shutil
+
+    from tests.xvfb import xvfb_display
+
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool is not installed (tools/setup.sh installs it)")
+    out = tmp_path / "call.mp4"
+    with xvfb_display() as display:
+        env = {**os.environ, "DISPLAY": display, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(
+            [sys.executable, str(PROJECT / "run.py"), "--identity", str(media("pyfeat_single_face.jpg")), "--source",
+             str(media("pyfeat_single_face.mp4")), "--loop", "--no-vcam", "--record", str(out)],
+            cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+
+        def key(name: str) -> None:
+            subprocess.run(["xdotool", "search", "--sync", "--name", "realtime-retarget", "key", name], env=env,
+                           check=True, timeout=60, capture_output=True)
+            time.sleep(0.5)
+
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any(p.name.startswith(".call") for p in tmp_path.iterdir()):
+                time.sleep(0.1)  # recording from the start: the window is up and frames flow
+            time.sleep(1.0)
+            key("r")  # stop: call.mp4 is saved
+            key("n")  # neutral calibration
+            key("r")  # record again, to the next free name
+            time.sleep(1.0)
+            key("q")  # quit: the second clip is finalised too
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0, stderr
+    assert "neutral face calibrated" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["call-1.mp4", "call.mp4"]
+    assert probe_video(out).frame_count > 10 and probe_video(tmp_path / "call-1.mp4").frame_count > 10

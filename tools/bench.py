@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -358,6 +358,97 @@ def format_cores(cores: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Live mode: the driver clip played as a 30 fps webcam through the live loop into a virtual camera
+
+
+class TimingCamera:
+    """A pyvirtualcam backend standing in for the v4l2loopback device: it only notes when each frame arrives."""
+
+    arrivals: ClassVar[list[float]] = []
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw: Any) -> None:
+        self.name = device or "bench"
+        TimingCamera.arrivals = []
+
+    def send(self, frame: np.ndarray) -> None:
+        TimingCamera.arrivals.append(time.perf_counter())
+
+    def close(self) -> None:
+        pass
+
+    def device(self) -> str:
+        return self.name
+
+    def native_fourcc(self) -> int | None:
+        return None
+
+
+def run_live(args: argparse.Namespace) -> dict[str, Any]:
+    """Capture-to-virtual-camera latency and sustained output rate over --frames output frames."""
+    import pyvirtualcam
+
+    from realtime.capture import Capture, CaptureOptions
+    from realtime.live import LiveLoop, LiveOptions
+    from realtime.virtual_camera import VirtualCamera
+
+    ctx = create_context("egl")
+    pipeline, prepare = prepare_pipeline(args.identity, args.size, ctx)
+    pyvirtualcam.register_backend("bench", TimingCamera)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        driver = Path(tmp) / "driver.mp4"
+        clip = make_driver_clip(args.clip, driver, args.size, min(args.frames, 300))
+        with Capture.create_from_options(CaptureOptions(source=str(driver), loop=True)) as capture:
+            camera = VirtualCamera.open(args.size, capture.fps, backend="bench")
+            started = time.perf_counter()
+            stats = LiveLoop(pipeline, capture, camera, None, LiveOptions(max_frames=args.frames)).run()
+            seconds = time.perf_counter() - started
+            camera.close()
+            dropped_input = capture.frames_dropped
+        machine = machine_facts(ctx, pipeline.renderer.options.antialias)
+        pipeline.close()
+    arrivals = np.array(TimingCamera.arrivals[WARMUP:])
+    intervals_ms = np.diff(arrivals) * 1000
+    latencies = np.array(list(stats.latencies_ms)[WARMUP:])
+    expected = (arrivals[-1] - arrivals[0]) * clip.fps + 1
+    return {
+        "machine": machine,
+        "clip": asdict(clip),
+        "identity": args.identity.name,
+        "prepare": prepare,
+        "seconds": seconds,
+        "frames_out": stats.frames_out,
+        "frames_retargeted": stats.frames_rendered,
+        "frames_held": stats.frames_held,
+        "camera_frames_dropped": dropped_input,
+        "output_fps": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]),
+        "output_frames_missing": max(0, round(expected - len(arrivals))),
+        "interval_ms": {"median": float(np.median(intervals_ms)), "p95": float(np.percentile(intervals_ms, 95)),
+                        "max": float(intervals_ms.max())},
+        "latency_ms": {"median": float(np.median(latencies)), "p95": float(np.percentile(latencies, 95)),
+                       "max": float(latencies.max())},
+    }
+
+
+def format_live_report(report: dict[str, Any]) -> str:
+    machine, clip = report["machine"], report["clip"]
+    return "\n".join([
+        f"CPU        {machine['cpu_count']} cores, {machine['cpu_model']}",
+        f"GL         {machine['gl_renderer']} | anti-aliasing {machine['antialias']}",
+        f"source     {clip['source']} resized to {clip['size'][0]}x{clip['size'][1]}, played as a "
+        f"{clip['fps']:.0f} fps webcam (looped)",
+        "",
+        f"output     {report['frames_out']} frames in {report['seconds']:.1f} s: {report['output_fps']:.1f} fps "
+        f"(first {WARMUP} left out); {report['output_frames_missing']} output frames missing against the camera rate",
+        f"interval   median {report['interval_ms']['median']:.1f} ms, p95 {report['interval_ms']['p95']:.1f} ms, "
+        f"max {report['interval_ms']['max']:.1f} ms",
+        f"latency    capture -> virtual camera: median {report['latency_ms']['median']:.1f} ms, "
+        f"p95 {report['latency_ms']['p95']:.1f} ms, max {report['latency_ms']['max']:.1f} ms",
+        f"camera     {report['frames_retargeted']} frames retargeted, {report['camera_frames_dropped']} skipped "
+        f"(newer ones came first), {report['frames_held']} output frames repeated",
+    ])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Main
 
 
@@ -370,6 +461,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="benchmark size: driver frames are resized to it and the avatar rendered at it")
     parser.add_argument("--frames", type=int, default=300, help="frames in the driver clip (default 300)")
     parser.add_argument("--repeat", type=int, default=3, help="whole-pipeline runs (default 3)")
+    parser.add_argument("--live", action="store_true",
+                        help="live mode: the clip as a webcam through the live loop into a virtual camera; --frames "
+                             "output frames (use 1000 or more)")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write every figure here")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
@@ -419,10 +513,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        report = run(args)
+        report = run_live(args) if args.live else run(args)
     except UserError as err:
         log.error("%s", err)
         return err.exit_code
+    if args.live:
+        if args.json is not None:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(format_live_report(report))
+        return 0
     for stage in STAGES:
         if report["stages"][stage]["median_ms"] > SLOW_STAGE_MS:
             log.warning("stage %s takes %.1f ms per frame (median): above %.0f ms", stage,

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1 ffmpeg xvfb xauth)
+SYSTEM_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1 ffmpeg xvfb xauth xdotool)
 missing=()
 for package in "${SYSTEM_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
