@@ -98,7 +98,10 @@ class PreviewWindow:
         glfw.make_context_current(window)
         glfw.swap_interval(0)  # the app paces itself
         try:
-            ctx = moderngl.create_context(require=330)
+            moderngl.init_context()  # wraps the current context (EGL or GLX), loading functions through its API
+            ctx = moderngl.get_context()
+            if ctx.version_code < 330:
+                raise RuntimeError(f"OpenGL {ctx.version_code} is older than 3.3")
         except Exception as err:  # moderngl raises plain Exceptions for a missing or too old GL
             glfw.destroy_window(window)
             glfw.terminate()
@@ -120,6 +123,10 @@ class PreviewWindow:
         glfw.window_hint(glfw.OPENGL_PROFILE, glfw.OPENGL_CORE_PROFILE)
         glfw.window_hint(glfw.OPENGL_FORWARD_COMPAT, True)
         glfw.window_hint(glfw.RESIZABLE, True)
+        if sys.platform.startswith("linux"):
+            # EGL, like the off-screen renderer: once a process has used EGL, glXMakeCurrent fails (BadAccess) and
+            # Xlib exits the process, so a GLX window could not live beside an off-screen context
+            glfw.window_hint(glfw.CONTEXT_CREATION_API, glfw.EGL_CONTEXT_API)
         window = glfw.create_window(size[0], size[1], title, None, None)
         if not window:
             glfw.terminate()
