@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -88,6 +89,21 @@ def test_face_lost_eases_to_neutral_and_face_found_picks_up_smoothly(pipeline, r
     assert distance < 1.0, "back to the neutral face once the face is gone"
     steps = [np.abs(b - a).mean() for a, b in zip(frames, frames[1:], strict=False)]
     assert max(steps) < 6.0, "no jump: every output frame is close to the one before"
+
+
+def test_a_face_that_appears_is_picked_up_smoothly(pipeline, recording_camera):
+    clip = media("pyfeat_noface_face.mov")  # a cartoon, then a cut to a face
+    with Capture.create_from_options(CaptureOptions(source=str(clip))) as capture:
+        camera = recording_camera((640, 480), capture.fps)
+        stats = LiveLoop(fresh(pipeline), capture, camera, None, LiveOptions()).run()
+        camera.close()
+    frames = [frame.image.astype(int) for frame in RecordingBackend.last().frames]
+    assert 0 < stats.frames_with_face < stats.frames_rendered
+    assert np.abs(frames[0] - neutral_image(pipeline)).mean() < 1.0, "neutral while there is no face"
+    steps = [np.abs(b - a).mean() for a, b in zip(frames, frames[1:], strict=False)]
+    assert max(steps) < 6.0, "the face is picked up without a jump"
+    assert np.abs(frames[-1] - frames[0]).mean() > 2, "and then followed"
+    assert not [t for t in threading.enumerate() if t.name.startswith(("capture", "decode", "track"))]
 
 
 def test_a_stalled_camera_keeps_the_outputs_running(pipeline, recording_camera, caplog):
