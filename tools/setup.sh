@@ -26,7 +26,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,deca]"
 
 if [ -z "${RETARGET_ASSET_MIRROR:-}" ] && [ -d ../shared/assets ]; then
   export RETARGET_ASSET_MIRROR=../shared/assets
