@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 GL_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1"
 ANTIALIAS_MODES = ("fxaa", "msaa", "none")
+LIGHTING_MODES = ("soft", "sh", "shape")
 
 
 def create_context(backend: str | None = "egl") -> moderngl.Context:
@@ -110,6 +111,7 @@ class RenderOptions:
     light_direction: tuple[float, float, float] = (0.25, 0.35, 1.0)
     ambient: float = 0.72
     specular: float = 0.04
+    lighting: str = "soft"  # "soft" (photo avatars), "sh" (spherical-harmonics light), "shape" (DECA's grey preview)
 
 
 class AvatarRenderer:
@@ -187,6 +189,22 @@ class AvatarRenderer:
         self.program["eye_position"].value = tuple(self.eye_position)
         self.program["ambient"].value = options.ambient
         self.program["specular"].value = options.specular
+        if options.lighting not in LIGHTING_MODES:
+            raise ValueError(f"lighting must be one of {LIGHTING_MODES}, got {options.lighting!r}")
+        self.program["lighting"].value = LIGHTING_MODES.index(options.lighting)
+        self.program["albedo"].value = 0
+        self.program["normal_map"].value = 1
+        self.program["use_normal_map"].value = False
+        self._normal_map: moderngl.Texture | None = None
+
+    def set_sh_light(self, light: np.ndarray) -> None:
+        """The (9, 3) spherical-harmonics light of ``lighting="sh"`` (DECA's light code, coefficient-major)."""
+        self.program["sh"].write(np.ascontiguousarray(light, np.float32).tobytes())
+
+    def set_normal_map(self, texture: moderngl.Texture | None) -> None:
+        """A model-space normal map in the mesh's UV space (xyz normal, w coverage), or None for vertex normals."""
+        self._normal_map = texture
+        self.program["use_normal_map"].value = texture is not None
 
     def render(self, vertices: np.ndarray, normals: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
         """Model-space ``vertices`` and ``normals`` (N, 3), a (4, 4) model matrix -> (H, W, 3) uint8 RGB image."""
@@ -204,6 +222,8 @@ class AvatarRenderer:
             self._background_vao.render(moderngl.TRIANGLE_STRIP)
         self.ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
         self.albedo.use(0)
+        if self._normal_map is not None:
+            self._normal_map.use(1)
         self.vao.render(moderngl.TRIANGLES)
         if self._fxaa is not None:
             # the pass costs per pixel: run it only around the avatar, copy the rest

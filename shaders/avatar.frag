@@ -1,11 +1,20 @@
 #version 330 core
-// Soft lighting: the photo texture already carries the photo's own shading, so a frontal face should come out
-// close to the photo (shade ~1) and rotation should only add gentle shape cues and a faint highlight.
+// Three looks:
+//  0 "soft" (ICT photo avatar): the photo texture already carries the photo's own shading, so a frontal face should
+//    come out close to the photo and rotation should only add gentle shape cues and a faint highlight;
+//  1 "sh" (DECA textured): albedo times the identity's 9x3 spherical-harmonics light, as DECA's add_SHlight;
+//  2 "shape" (DECA's grey detail-shape preview): albedo 180/255, five directional lights of intensity 1.7, averaged.
+// An optional model-space normal map in UV space (DECA's detail normals) replaces the interpolated normal.
 uniform sampler2D albedo;
-uniform vec3 light_dir;    // towards the light, world space
+uniform sampler2D normal_map;  // xyz: model-space unit normal, w: 1 where the map is defined
+uniform bool use_normal_map;
+uniform mat4 model;
+uniform int lighting;
+uniform vec3 light_dir;    // towards the light, world space (soft)
 uniform vec3 eye_position;
-uniform float ambient;     // shade at grazing light
+uniform float ambient;     // shade at grazing light (soft)
 uniform float specular;
+uniform vec3 sh[9];        // spherical-harmonics light, DECA's order (sh)
 
 in vec3 v_normal;
 in vec3 v_world;
@@ -14,13 +23,39 @@ in vec4 v_material;
 
 out vec4 frag_color;
 
+const float SH_C[9] = float[9](0.282095, 1.023327, 1.023327, 1.023327, 0.858086, 0.858086, 0.858086, 0.429043,
+                               0.247708);
+const vec3 SHAPE_LIGHTS[5] = vec3[5](vec3(-1.0, 1.0, 1.0), vec3(1.0, 1.0, 1.0), vec3(-1.0, -1.0, 1.0),
+                                     vec3(1.0, -1.0, 1.0), vec3(0.0, 0.0, 1.0));
+
+vec3 sh_shading(vec3 n) {
+    float y[9] = float[9](1.0, n.x, n.y, n.z, n.x * n.y, n.x * n.z, n.y * n.z, n.x * n.x - n.y * n.y,
+                          3.0 * n.z * n.z - 1.0);
+    vec3 shade = vec3(0.0);
+    for (int k = 0; k < 9; ++k) shade += sh[k] * (y[k] * SH_C[k]);
+    return shade;
+}
+
 void main() {
     vec3 n = normalize(v_normal);
+    if (use_normal_map) {
+        vec4 detail = texture(normal_map, v_uv);
+        if (detail.w > 0.5) n = normalize(mat3(model) * detail.xyz);
+    }
     if (!gl_FrontFacing) n = -n;
     vec3 base = mix(v_material.rgb, texture(albedo, v_uv).rgb, v_material.a);
-    float diffuse = max(dot(n, light_dir), 0.0);
-    vec3 view = normalize(eye_position - v_world);
-    float highlight = pow(max(dot(n, normalize(light_dir + view)), 0.0), 24.0);
-    vec3 color = base * (ambient + (1.0 - ambient) * diffuse) + specular * highlight;
-    frag_color = vec4(color, 1.0);
+    vec3 color;
+    if (lighting == 1) {
+        color = base * sh_shading(n);
+    } else if (lighting == 2) {
+        float shade = 0.0;
+        for (int i = 0; i < 5; ++i) shade += clamp(dot(n, normalize(SHAPE_LIGHTS[i])), 0.0, 1.0);
+        color = vec3(180.0 / 255.0) * shade / 5.0 * 1.7;
+    } else {
+        float diffuse = max(dot(n, light_dir), 0.0);
+        vec3 view = normalize(eye_position - v_world);
+        float highlight = pow(max(dot(n, normalize(light_dir + view)), 0.0), 24.0);
+        color = base * (ambient + (1.0 - ambient) * diffuse) + specular * highlight;
+    }
+    frag_color = vec4(clamp(color, 0.0, 1.0), 1.0);
 }
