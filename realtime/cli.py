@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--background", default="#16181d", metavar="COLOR|IMAGE",
                         help="background colour (#rrggbb) or image file (default #16181d)")
     parser.add_argument("--no-cache", action="store_true", help="prepare the identity again instead of reusing it")
+    parser.add_argument("--deca-data", type=Path, metavar="DIR",
+                        help="your DECA data/ folder (deca_model.tar, generic_model.pkl, head_template.obj, ...): "
+                             "animate the identity's FLAME head with DECA's detail instead of the ICT head")
+    parser.add_argument("--style", choices=("textured", "shape"), default="textured",
+                        help="with --deca-data: the photo texture under the identity's light, or DECA's grey shape")
+    parser.add_argument("--no-detail", action="store_true", help="with --deca-data: no per-frame DECA detail")
     parser.add_argument("--list-cameras", action="store_true", help="list the camera devices and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -108,13 +114,22 @@ def is_clip(source: str) -> bool:
     return not source.isdigit() and "://" not in source
 
 
-def pipeline_options(args: argparse.Namespace):  # -> PipelineOptions (imported lazily: heavy)
-    from realtime.pipeline import PipelineOptions
+def build_pipeline(args: argparse.Namespace, ctx=None):  # -> RetargetPipeline | DecaPipeline (imported lazily)
+    """The embedded default, or the FLAME + DECA avatar with --deca-data."""
+    color = parse_color(args.background)
+    if args.deca_data is not None:
+        from realtime.deca.pipeline import DecaOptions, DecaPipeline
+
+        if color is None:
+            raise UserError("--background IMAGE is not available with --deca-data yet: give a colour like #223344")
+        return DecaPipeline.create(DecaOptions(identity=args.identity, deca_data=args.deca_data, size=args.size,
+                                               style=args.style, detail=not args.no_detail,
+                                               head_pose=not args.no_head_pose, background=color), ctx)
+    from realtime.pipeline import PipelineOptions, RetargetPipeline
     from realtime.renderer import RenderOptions
     from realtime.retarget import RetargetOptions
 
-    color = parse_color(args.background)
-    return PipelineOptions(
+    options = PipelineOptions(
         identity=args.identity,
         render=RenderOptions(size=args.size, **({"background": color} if color else {})),
         retarget=RetargetOptions(head_pose=not args.no_head_pose, mirrored=args.mirror,
@@ -122,6 +137,7 @@ def pipeline_options(args: argparse.Namespace):  # -> PipelineOptions (imported 
         background_image=None if color else Path(args.background),
         use_cache=not args.no_cache,
     )
+    return RetargetPipeline.create(options, ctx)
 
 
 def check_record_path(args: argparse.Namespace) -> None:
@@ -135,7 +151,6 @@ def check_record_path(args: argparse.Namespace) -> None:
 
 def run_offline(args: argparse.Namespace) -> int:
     from realtime.offline import render_clip
-    from realtime.pipeline import RetargetPipeline
     from realtime.video_io import open_video
 
     source = Path(args.source)
@@ -147,16 +162,15 @@ def run_offline(args: argparse.Namespace) -> int:
     check_record_path(args)
 
     started = time.perf_counter()
-    pipeline = RetargetPipeline.create(pipeline_options(args))
+    pipeline = build_pipeline(args)
     try:
         prepared = time.perf_counter()
         result = render_clip(pipeline, source, args.record, overwrite=args.overwrite)
     finally:
         pipeline.close()
     seconds = time.perf_counter() - prepared
-    log.info("identity ready in %.1f s (fit error %.3f IOD); %d frames in %.1f s (%.1f fps), face found in %d",
-             prepared - started, pipeline.identity.fit_error, result.frames, seconds,
-             result.frames / max(seconds, 1e-9), result.frames_with_face)
+    log.info("identity ready in %.1f s; %d frames in %.1f s (%.1f fps), face found in %d", prepared - started,
+             result.frames, seconds, result.frames / max(seconds, 1e-9), result.frames_with_face)
     if result.path is not None:
         log.info("wrote %s", result.path)
     return 130 if result.interrupted else 0
@@ -165,7 +179,6 @@ def run_offline(args: argparse.Namespace) -> int:
 def run_live(args: argparse.Namespace) -> int:
     from realtime.capture import Capture, CaptureOptions
     from realtime.live import LiveLoop, LiveOptions
-    from realtime.pipeline import RetargetPipeline
     from realtime.virtual_camera import VirtualCamera
     from realtime.window import PreviewWindow
 
@@ -177,7 +190,7 @@ def run_live(args: argparse.Namespace) -> int:
     # clip played in real time does not run ahead while the photo is prepared
     with contextlib.ExitStack() as stack:
         window = None if args.no_window else stack.enter_context(PreviewWindow.create((2 * width, height)))
-        pipeline = RetargetPipeline.create(pipeline_options(args), ctx=window.ctx if window else None)
+        pipeline = build_pipeline(args, ctx=window.ctx if window else None)
         stack.callback(pipeline.close)
         capture = stack.enter_context(Capture.create_from_options(
             CaptureOptions(source=args.source, size=args.size, fps=args.fps, loop=args.loop)))

@@ -16,8 +16,6 @@ import numpy as np
 from realtime.capture import Capture
 from realtime.errors import UserError
 from realtime.pipeline import RetargetPipeline
-from realtime.retarget import AvatarPose
-from realtime.tracker import FaceObservation
 from realtime.video_io import ClipWriter, interrupt_on_sigterm, next_free_path
 from realtime.virtual_camera import VirtualCamera
 from realtime.window import Key, Overlay, PreviewWindow
@@ -120,10 +118,9 @@ class LiveLoop:
         self.paused = False
         self.show_help = False
         self._message: tuple[str, float] | None = None
-        self._last_face: FaceObservation | None = None
+        self._last_face: object | None = None  # what pipeline.track returned last
         self._camera_image: np.ndarray | None = None
-        self._avatar = pipeline.render_pose(AvatarPose(np.zeros(len(pipeline.model.expression_names), np.float32),
-                                                       np.eye(3), tracked=False))
+        self._avatar = pipeline.render_pose(pipeline.neutral_pose())
         self._tracking = False
 
     def run(self) -> LiveStats:
@@ -228,7 +225,7 @@ class LiveLoop:
                     self._say(f"recording {path.name}")
             elif key is Key.NEUTRAL:
                 if self._last_face is not None and self._tracking:
-                    self.pipeline.retargeter.calibrate_neutral(self._last_face)
+                    self.pipeline.calibrate_neutral(self._last_face)
                     self._say("neutral face calibrated")
                 else:
                     self._say("no face to calibrate: look at the camera and press n again")

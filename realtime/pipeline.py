@@ -91,6 +91,13 @@ class RetargetPipeline:
         tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
         return cls(ctx, model, identity, tracker, renderer, options)
 
+    def neutral_pose(self) -> AvatarPose:
+        return AvatarPose(np.zeros(len(self.model.expression_names), np.float32), np.eye(3), tracked=False)
+
+    def calibrate_neutral(self, face: FaceObservation) -> None:
+        """Take ``face`` as the user's resting face (see `Retargeter.calibrate_neutral`)."""
+        self.retargeter.calibrate_neutral(face)
+
     def track(self, rgb: np.ndarray, timestamp: float) -> FaceObservation | None:
         return self.tracker.track(rgb, timestamp)
 
