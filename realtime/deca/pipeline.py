@@ -1,0 +1,263 @@
+"""The FLAME + DECA avatar: the identity's FLAME head with DECA's per-frame detail, driven by DECA's codes.
+
+    pipeline = DecaPipeline.create(DecaOptions(identity=Path("trump.jpg"), deca_data=Path("DECA/data")))
+
+It has the same four steps as the embedded default (`realtime.pipeline.RetargetPipeline`), so the offline and live
+loops drive either: `track` (MediaPipe, then DECA's crop and E_flame: the driver's 50 expression and 3 jaw values),
+`pose` (ease to neutral while the face is lost), `geometry` (FLAME with the identity's shape, D_detail on the driver's
+jaw and expression with the identity's detail code; numpy and torch, any thread), `draw` (the detail normal map on
+the GPU, then the render; the GL thread). As DECA's `demo_transfer`, the identity keeps its shape, albedo, light and
+detail code; the head rotation comes from the tracker, as on the default path.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import moderngl
+import numpy as np
+
+from realtime.deca.crop import deca_crop
+from realtime.deca.data import DecaData
+from realtime.deca.detail_normals import DetailNormalPass
+from realtime.deca.flame import (
+    FlameIdentity,
+    FlameModel,
+    HeadTemplate,
+    flame_identity,
+    flame_vertices,
+    import_flame,
+    read_head_template,
+)
+from realtime.errors import UserError
+from realtime.images import read_image
+from realtime.paths import cache_dir
+from realtime.photo_texture import bake_photo, face_region_mask
+from realtime.pipeline import AvatarGeometry, model_matrix
+from realtime.renderer import AvatarMesh, AvatarRenderer, RenderOptions, VertexNormals, create_context
+from realtime.retarget import AvatarPose, blend, head_rotation
+from realtime.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
+
+log = logging.getLogger(__name__)
+
+N_EXP, N_JAW = 50, 3
+ATLAS_SIZE = (1024, 1024)  # the identity texture, from the full-resolution photo
+
+
+@dataclass(frozen=True)
+class DecaOptions:
+    identity: Path
+    deca_data: Path
+    size: tuple[int, int] = (640, 480)
+    style: str = "textured"  # "textured" (photo texture, the identity's SH light) or "shape" (DECA's grey look)
+    detail: bool = True
+    head_pose: bool = True
+    background: tuple[float, float, float] = (0.086, 0.094, 0.114)
+    ease_seconds: float = 0.4
+
+
+@dataclass(frozen=True, eq=False)
+class DecaModel:
+    """Everything loaded once from the user's DECA data folder."""
+
+    data: DecaData
+    flame: FlameModel
+    template: HeadTemplate
+    encoder: object  # realtime.deca.networks.DecaEncoder (torch, imported lazily)
+    face_eye_mask: np.ndarray  # (256, 256) DECA rows
+    fixed_displacement: np.ndarray  # (256, 256) DECA rows
+
+    @classmethod
+    def load(cls, folder: Path) -> "DecaModel":
+        from realtime.deca.networks import DecaEncoder, load_deca_checkpoint
+
+        data = DecaData.open(folder)
+        flame = import_flame(data.path("generic_model.pkl"), cache_dir() / "deca")
+        template = read_head_template(data.path("head_template.obj"))
+        encoder = DecaEncoder(load_deca_checkpoint(data.path("deca_model.tar")))
+        return cls(data, flame, template, encoder, data.uv_mask(), data.fixed_displacement())
+
+
+@dataclass(frozen=True, eq=False)
+class DecaFace:
+    """A tracked driver face with DECA's codes for it."""
+
+    observation: FaceObservation
+    exp: np.ndarray  # (50,)
+    jaw: np.ndarray  # (3,) axis-angle
+
+
+@dataclass(frozen=True, eq=False)
+class DecaIdentity:
+    name: str
+    flame: FlameIdentity
+    detail: np.ndarray  # (128,) DECA's detail code
+    light: np.ndarray  # (9, 3) spherical-harmonics light
+    albedo: np.ndarray  # (H, W, 3) uint8, GL rows, the head template's UV layout
+
+
+def photo_projection(cam: np.ndarray, crop_transform: np.ndarray) -> np.ndarray:
+    """(4, 4) FLAME space -> photo pixels and depth, from DECA's orthographic camera in the 224 crop.
+
+    DECA: x_ndc = s (X + tx), y_ndc = s (Y + ty), image y down; crop pixel = (ndc + 1) 112 - 0.5 (pixel centres);
+    then back from the crop to the photo through the inverse of the crop's similarity transform.
+    """
+    s, tx, ty = (float(v) for v in cam)
+    half = 112.0
+    to_crop = np.array([
+        [half * s, 0, 0, half * s * tx + half - 0.5],
+        [0, -half * s, 0, -half * s * ty + half - 0.5],
+        [0, 0, -half * s, 0],
+        [0, 0, 0, 1],
+    ])
+    to_photo = np.linalg.inv(crop_transform)
+    scale = np.sqrt(abs(np.linalg.det(to_photo[:2, :2])))
+    lift = np.eye(4)
+    lift[:2, :2], lift[:2, 3], lift[2, 2] = to_photo[:2, :2], to_photo[:2, 2], scale
+    return (lift @ to_crop).astype(np.float32)
+
+
+def full_pose(global_rotation: np.ndarray, jaw: np.ndarray) -> np.ndarray:
+    """FLAME's 15 pose values [global, neck, jaw, left eye, right eye] with neck and eyes at rest, as DECA."""
+    pose = np.zeros(15, np.float32)
+    pose[:3], pose[6:9] = global_rotation, jaw
+    return pose
+
+
+def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Context) -> DecaIdentity:
+    """DECA's codes for the photo, its FLAME head, and its texture baked from the full-resolution photo."""
+    photo = read_image(photo_path, "identity photo")
+    with FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.IMAGE, max_faces=8)) as tracker:
+        face = tracker.track(photo)
+    if face is None:
+        raise UserError(f"no face found in {photo_path}: use a photo with one clearly visible, roughly frontal face")
+    crop, transform = deca_crop(photo, face.landmarks)
+    code = model.encoder.encode(crop)
+    identity = flame_identity(model.flame, code["shape"])
+    posed = flame_vertices(model.flame, identity, code["exp"], full_pose(code["pose"][:3], code["pose"][3:6]))
+    template = model.template
+    normals = VertexNormals(template.render_vertex[template.triangles], len(posed))(posed)
+    atlas = bake_photo(
+        ctx,
+        posed[template.render_vertex],
+        normals[template.render_vertex],
+        template.triangles,
+        template.render_uv,
+        photo,
+        face_region_mask(face.landmarks, photo.shape, feather=0.04 * np.ptp(face.landmarks[:, 0])),
+        photo_projection(code["cam"], transform),
+        ATLAS_SIZE,
+    )
+    mask = cv2.resize(model.face_eye_mask[::-1], ATLAS_SIZE, interpolation=cv2.INTER_LINEAR)  # to GL rows
+    confidence = np.clip(atlas[..., 3], 0, 1) * mask
+    base = model.data.bfm_albedo(code["tex"])
+    base = model.data.mean_texture() if base is None else base
+    base = cv2.resize(base, ATLAS_SIZE, interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+    albedo = atlas[..., :3] * confidence[..., None] + base * (1 - confidence[..., None])
+    return DecaIdentity(
+        name=Path(photo_path).name,
+        flame=identity,
+        detail=model.encoder.encode_detail(crop),
+        light=np.asarray(code["light"], np.float32).reshape(9, 3),
+        albedo=np.clip(albedo * 255 + 0.5, 0, 255).astype(np.uint8),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class DecaGeometry(AvatarGeometry):
+    displacement: np.ndarray | None = field(default=None)  # (256, 256) D_detail output, DECA rows
+
+
+class DecaPipeline:
+    """Tracker, DECA encoder, FLAME and renderer for one identity; the `RetargetPipeline` interface."""
+
+    def __init__(self, ctx: moderngl.Context, model: DecaModel, identity: DecaIdentity, tracker: FaceTracker,
+                 options: DecaOptions) -> None:
+        self.ctx, self.model, self.identity, self.tracker, self.options = ctx, model, identity, tracker, options
+        template = model.template
+        self._normals = VertexNormals(template.render_vertex[template.triangles], model.flame.v_template.shape[0])
+        low, high = identity.flame.v_shaped.min(axis=0), identity.flame.v_shaped.max(axis=0)
+        height = float(high[1] - low[1])
+        render = RenderOptions(
+            size=options.size,
+            background=options.background,
+            framing_height=1.45 * height,
+            target=tuple(float(v) for v in (low + high) / 2),
+            lighting="sh" if options.style == "textured" else "shape",
+        )
+        mesh = AvatarMesh(
+            triangles=template.triangles.astype(np.int32),
+            render_vertex=template.render_vertex.astype(np.int32),
+            uv=template.render_uv.astype(np.float32),
+            material=np.tile(np.array([[0.7, 0.7, 0.7, 1.0]], np.float32), (len(template.render_vertex), 1)),
+        )
+        self.renderer = AvatarRenderer(ctx, mesh, identity.albedo, render)
+        self.renderer.set_sh_light(identity.light)
+        self._detail = None
+        if options.detail:
+            self._detail = DetailNormalPass(ctx, template.render_uv, template.triangles, model.face_eye_mask,
+                                            model.fixed_displacement)
+            self.renderer.set_normal_map(self._detail.texture)
+        self._pivot = identity.flame.joints[1]  # the neck joint
+        self._pose = self.neutral_pose()
+        self._rest = np.zeros(N_EXP + N_JAW, np.float32)
+
+    @classmethod
+    def create(cls, options: DecaOptions, ctx: moderngl.Context | None = None) -> "DecaPipeline":
+        if options.style not in ("textured", "shape"):
+            raise UserError(f"unknown style {options.style!r}: use --style textured or --style shape")
+        model = DecaModel.load(options.deca_data)
+        ctx = ctx or create_context()
+        identity = prepare_deca_identity(model, options.identity, ctx)
+        tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
+        return cls(ctx, model, identity, tracker, options)
+
+    def neutral_pose(self) -> AvatarPose:
+        return AvatarPose(np.zeros(N_EXP + N_JAW, np.float32), np.eye(3), tracked=False)
+
+    def track(self, rgb: np.ndarray, timestamp: float) -> DecaFace | None:
+        face = self.tracker.track(rgb, timestamp)
+        if face is None:
+            return None
+        crop, _ = deca_crop(rgb, face.landmarks)
+        code = self.model.encoder.encode(crop)
+        return DecaFace(face, np.asarray(code["exp"], np.float32), np.asarray(code["pose"][3:6], np.float32))
+
+    def calibrate_neutral(self, face: DecaFace) -> None:
+        self._rest = np.r_[face.exp, face.jaw].astype(np.float32)
+
+    def pose(self, face: DecaFace | None, dt: float) -> AvatarPose:
+        if face is not None:
+            rotation = head_rotation(face.observation.transform) if self.options.head_pose else np.eye(3)
+            self._pose = AvatarPose(np.r_[face.exp, face.jaw].astype(np.float32) - self._rest, rotation, True)
+        else:
+            amount = 1.0 - np.exp(-max(dt, 0.0) / self.options.ease_seconds)
+            self._pose = blend(self._pose, self.neutral_pose(), amount)
+        return self._pose
+
+    def geometry(self, pose: AvatarPose) -> DecaGeometry:
+        exp, jaw = pose.expression[:N_EXP], pose.expression[N_EXP:]
+        vertices = flame_vertices(self.model.flame, self.identity.flame, exp, full_pose(np.zeros(3), jaw))
+        displacement = None
+        if self._detail is not None:
+            displacement = self.model.encoder.decode_detail(jaw, exp, self.identity.detail)
+        return DecaGeometry(vertices, self._normals(vertices), model_matrix(pose.rotation, self._pivot), displacement)
+
+    def draw(self, geometry: DecaGeometry) -> np.ndarray:
+        if self._detail is not None and geometry.displacement is not None:
+            index = self.model.template.render_vertex
+            self._detail.run(geometry.vertices[index], geometry.normals[index], geometry.displacement)
+        return self.renderer.render(geometry.vertices, geometry.normals, geometry.model_matrix)
+
+    def render_pose(self, pose: AvatarPose) -> np.ndarray:
+        return self.draw(self.geometry(pose))
+
+    def render(self, face: DecaFace | None, dt: float) -> np.ndarray:
+        return self.render_pose(self.pose(face, dt))
+
+    def close(self) -> None:
+        self.tracker.close()
+        if self._detail is not None:
+            self._detail.release()
+        self.renderer.release()

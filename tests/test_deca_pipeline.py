@@ -1,0 +1,120 @@
+"""The FLAME + DECA path end to end, on a DECA data folder generated in the upstream formats (random networks of the
+exact architecture, a FLAME-shaped model): real MediaPipe, real torch, real EGL rendering, real clips."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from realtime.deca.data import DecaData
+from realtime.errors import UserError
+from tests.conftest import PROJECT, media
+
+pytestmark = pytest.mark.slow
+torch = pytest.importorskip("torch", reason="the DECA path needs the deca extra (pip install -e '.[deca]')")
+
+
+@pytest.fixture(scope="module")
+def deca_folder(tmp_path_factory) -> Path:
+    from tests.deca_checkpoint import write_deca_checkpoint
+    from tests.deca_fixtures import write_flame2020_pickle, write_head_template
+
+    folder = tmp_path_factory.mktemp("deca") / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    arrays = write_flame2020_pickle(folder / "generic_model.pkl", rng)
+    write_head_template(folder / "head_template.obj", arrays["f"].astype(np.int64), rng, arrays["v_template"])
+    write_deca_checkpoint(folder / "deca_model.tar", seed=0)
+    np.save(folder / "fixed_displacement_256.npy", rng.uniform(-0.0013, 0.0016, (256, 256)))
+    mask = np.zeros((256, 256, 4), np.uint8)
+    cv2.ellipse(mask, (128, 128), (80, 100), 0, 0, 360, (255, 255, 255, 255), -1)
+    cv2.imwrite(str(folder / "uv_face_eye_mask.png"), mask)
+    cv2.imwrite(str(folder / "mean_texture.jpg"), np.full((512, 512, 3), (120, 150, 200), np.uint8))
+    return folder
+
+
+def test_a_folder_missing_files_says_which_and_where_from(deca_folder: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "data"
+    partial.mkdir()
+    (partial / "deca_model.tar").write_bytes((deca_folder / "deca_model.tar").read_bytes()[:10])
+    with pytest.raises(UserError) as error:
+        DecaData.open(partial)
+    message = str(error.value)
+    assert "generic_model.pkl (the FLAME 2020 model" in message and "head_template.obj" in message
+    assert "deca_model.tar (" not in message and "\n" not in message
+
+
+def test_photo_projection_is_decas_camera_then_the_inverse_crop(deca_folder) -> None:
+    from realtime.deca.crop import deca_crop_transform
+    from realtime.deca.pipeline import photo_projection
+
+    cam = np.array([8.5, 0.01, -0.02])
+    transform = deca_crop_transform((100.0, 120.0, 300.0, 330.0))
+    points = np.random.default_rng(1).normal(scale=0.08, size=(20, 3))
+    # independently: DECA's batch_orth_proj and image-NDC flip, its pixel convention, then cv2's inverse warp
+    ndc = cam[0] * (points[:, :2] + cam[1:]) * [1, -1]
+    crop_pixels = (ndc + 1) * 224 / 2 - 0.5
+    inverse = cv2.invertAffineTransform(transform[:2])
+    expected = crop_pixels @ inverse[:, :2].T + inverse[:, 2]
+    projected = (np.c_[points, np.ones(len(points))] @ photo_projection(cam, transform).T)[:, :2]
+    np.testing.assert_allclose(projected, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("style", ["textured", "shape"])
+def test_deca_pipeline_renders_the_flame_head_and_follows_the_jaw(deca_folder, gl_context, style) -> None:
+    from realtime.deca.pipeline import DecaOptions, DecaPipeline
+    from realtime.retarget import AvatarPose
+
+    options = DecaOptions(identity=media("skimage_astronaut.png"), deca_data=deca_folder, style=style)
+    pipeline = DecaPipeline.create(options, gl_context)
+    try:
+        # random networks regress a random light: use an even white light so that the texture shows
+        flat = np.zeros((9, 3), np.float32)
+        flat[0] = 1 / 0.282095
+        pipeline.renderer.set_sh_light(flat)
+        neutral = pipeline.render_pose(pipeline.neutral_pose())
+        background = np.round(np.array(options.background) * 255)
+        covered = (np.abs(neutral.astype(int) - background) > 3).any(axis=2)
+        assert 0.05 < covered.mean() < 0.9, "the head fills a plausible part of the frame"
+        if style == "shape":
+            values = neutral[covered].astype(int)
+            assert (np.abs(values[:, 0] - values[:, 1]) <= 2).mean() > 0.95, "DECA's grey shape look"
+        jaw = np.zeros(53, np.float32)
+        jaw[50] = 0.3  # jaw axis-angle about x: the chin swings
+        opened = pipeline.render_pose(AvatarPose(jaw, np.eye(3), True))
+        assert np.abs(opened.astype(int) - neutral.astype(int)).mean() > 0.2  # the synthetic head has a small mouth
+    finally:
+        pipeline.close()
+
+
+def test_detail_changes_the_shading(deca_folder, gl_context) -> None:
+    from realtime.deca.pipeline import DecaOptions, DecaPipeline
+
+    images = []
+    for detail in (False, True):
+        options = DecaOptions(identity=media("skimage_astronaut.png"), deca_data=deca_folder, style="shape",
+                              detail=detail)
+        pipeline = DecaPipeline.create(options, gl_context)
+        try:
+            images.append(pipeline.render_pose(pipeline.neutral_pose()).astype(int))
+        finally:
+            pipeline.close()
+    assert np.abs(images[0] - images[1]).mean() > 0.2
+
+
+def test_run_py_with_deca_data_retargets_a_clip(deca_folder, assets, tmp_path) -> None:
+    from realtime.video_io import probe_video
+
+    out = tmp_path / "deca.mp4"
+    result = subprocess.run(
+        [sys.executable, str(PROJECT / "run.py"), "--identity", str(media("skimage_astronaut.png")), "--deca-data",
+         str(deca_folder), "--source", str(media("pyfeat_single_face.mp4")), "--record", str(out), "--no-window",
+         "--no-vcam", "--size", "320x240"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    info = probe_video(out)
+    assert info.frame_count == 72 and (info.width, info.height) == (320, 240)
