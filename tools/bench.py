@@ -50,7 +50,8 @@ from realtime.offline import render_clip  # noqa: E402
 from realtime.paths import cache_dir  # noqa: E402
 from realtime.pipeline import PipelineOptions, RetargetPipeline, model_matrix  # noqa: E402
 from realtime.renderer import RenderOptions, create_context  # noqa: E402
-from realtime.video_io import ClipWriter, open_video, probe_video  # noqa: E402
+from realtime.video_io import open_video  # noqa: E402
+from realtime.video_io import ClipWriter, probe_video  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -449,6 +450,65 @@ def format_live_report(report: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# DECA mode: the FLAME + DECA path per stage, torch on the CPU
+
+
+DECA_STAGES = ("track", "crop", "E_flame", "FLAME", "D_detail", "detail normals", "render")
+
+
+def run_deca(args: argparse.Namespace) -> dict[str, Any]:
+    from realtime.deca.crop import deca_crop
+    from realtime.deca.flame import flame_vertices
+    from realtime.deca.pipeline import DecaOptions, DecaPipeline, full_pose
+
+    ctx = create_context("egl")
+    pipeline = DecaPipeline.create(DecaOptions(identity=args.identity, deca_data=args.deca_data, size=args.size), ctx)
+    model, identity = pipeline.model, pipeline.identity
+    samples: dict[str, list[float]] = {stage: [] for stage in DECA_STAGES}
+    index = model.template.render_vertex
+
+    def detail_normals(vertices: np.ndarray, normals: np.ndarray, displacement: np.ndarray) -> None:
+        pipeline._detail.run(vertices[index], normals[index], displacement)
+        ctx.finish()
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        driver = Path(tmp) / "driver.mp4"
+        clip = make_driver_clip(args.clip, driver, args.size, min(args.frames, 150))
+        with open_video(driver) as video:
+            for frame in tqdm(video, total=clip.frames, desc="DECA stages", unit="frame"):
+                face = timed(samples["track"], pipeline.tracker.track, frame.image, frame.timestamp)
+                if face is None:
+                    continue
+                crop, _ = timed(samples["crop"], deca_crop, frame.image, face.landmarks)
+                code = timed(samples["E_flame"], model.encoder.encode, crop)
+                exp, jaw = code["exp"], code["pose"][3:6]
+                pose = full_pose(np.zeros(3), jaw)
+                vertices = timed(samples["FLAME"], flame_vertices, model.flame, identity.flame, exp, pose)
+                normals = pipeline._normals(vertices)
+                displacement = timed(samples["D_detail"], model.encoder.decode_detail, jaw, exp, identity.detail)
+                timed(samples["detail normals"], detail_normals, vertices, normals, displacement)
+                timed(samples["render"], pipeline.renderer.render, vertices, normals, None)
+        machine = machine_facts(ctx, pipeline.renderer.options.antialias)
+        started = time.perf_counter()
+        result = render_clip(pipeline, driver, Path(tmp) / "whole.mp4", overwrite=True, progress=False)
+        whole_fps = result.frames / (time.perf_counter() - started)
+        pipeline.close()
+    stages = {stage: asdict(summarise(values)) for stage, values in samples.items()}
+    return {"machine": machine, "clip": asdict(clip), "stages": stages, "whole_fps": whole_fps}
+
+
+def format_deca_report(report: dict[str, Any]) -> str:
+    machine, clip = report["machine"], report["clip"]
+    lines = [f"CPU        {machine['cpu_count']} cores, {machine['cpu_model']}; torch on the CPU",
+             f"clip       {clip['source']} resized to {clip['size'][0]}x{clip['size'][1]}, {clip['frames']} frames", "",
+             f"{'stage':<20}{'median ms':>12}{'p95 ms':>10}"]
+    for stage, stats in report["stages"].items():
+        lines.append(f"{stage:<20}{stats['median_ms']:>12.2f}{stats['p95_ms']:>10.2f}")
+    lines += ["", f"whole pipeline (offline, threads overlapping): {report['whole_fps']:.1f} frames/s"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Main
 
 
@@ -464,6 +524,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--live", action="store_true",
                         help="live mode: the clip as a webcam through the live loop into a virtual camera; --frames "
                              "output frames (use 1000 or more)")
+    parser.add_argument("--deca-data", type=Path, metavar="DIR",
+                        help="DECA mode: time the FLAME + DECA path per stage on this DECA data folder")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write every figure here")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
@@ -513,14 +575,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        report = run_live(args) if args.live else run(args)
+        report = run_live(args) if args.live else run_deca(args) if args.deca_data else run(args)
     except UserError as err:
         log.error("%s", err)
         return err.exit_code
-    if args.live:
+    if args.live or args.deca_data:
         if args.json is not None:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(format_live_report(report))
+        print(format_live_report(report) if args.live else format_deca_report(report))
         return 0
     for stage in STAGES:
         if report["stages"][stage]["median_ms"] > SLOW_STAGE_MS:
