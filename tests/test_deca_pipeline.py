@@ -118,3 +118,46 @@ def test_run_py_with_deca_data_retargets_a_clip(deca_folder, assets, tmp_path) -
     assert result.returncode == 0, result.stderr
     info = probe_video(out)
     assert info.frame_count == 72 and (info.width, info.height) == (320, 240)
+
+
+@pytest.fixture(scope="module")
+def flame_only_folder(deca_folder: Path, tmp_path_factory) -> Path:
+    """FLAME and DECA's data files without deca_model.tar: the tracker's landmarks drive FLAME."""
+    import shutil
+
+    from tests.deca_fixtures import write_landmark_embedding
+
+    folder = tmp_path_factory.mktemp("flame") / "data"
+    folder.mkdir()
+    for path in deca_folder.iterdir():
+        if path.name != "deca_model.tar":
+            shutil.copy(path, folder / path.name)
+    write_landmark_embedding(folder / "landmark_embedding.npy", np.random.default_rng(2))
+    return folder
+
+
+def test_without_decas_networks_the_landmarks_drive_flame(flame_only_folder, deca_folder, gl_context) -> None:
+    from realtime.deca.pipeline import DecaOptions, DecaPipeline
+    from realtime.images import read_image
+
+    assert DecaData.open(flame_only_folder).embedding().name == "landmark_embedding.npy"
+    options = DecaOptions(identity=media("skimage_astronaut.png"), deca_data=flame_only_folder, style="shape")
+    pipeline = DecaPipeline.create(options, gl_context)
+    try:
+        assert pipeline.model.encoder is None
+        face = pipeline.track(read_image(media("pyfeat_0-f1-su-ph.jpg")), 0.0)  # a surprised, open mouth
+        assert face is not None and np.isfinite(face.exp).all() and np.isfinite(face.jaw).all()
+        image = pipeline.render(face, 1 / 30)
+        assert (np.abs(image.astype(int) - np.round(np.array(options.background) * 255)) > 3).any(axis=2).mean() > 0.05
+    finally:
+        pipeline.close()
+
+
+def test_networks_or_an_embedding_are_needed(deca_folder, tmp_path) -> None:
+    import shutil
+
+    for path in deca_folder.iterdir():
+        if path.name != "deca_model.tar":
+            shutil.copy(path, tmp_path / path.name)
+    with pytest.raises(UserError, match=r"deca_model.tar \(DECA's trained networks"):
+        DecaData.open(tmp_path)

@@ -22,7 +22,9 @@ REQUIRED = {
     "uv_face_eye_mask.png": "DECA's face and eye UV mask",
     "mean_texture.jpg": "DECA's mean face texture",
 }
-OPTIONAL = ("FLAME_albedo_from_BFM.npz", "landmark_embedding.npy", "uv_face_mask.png")
+OPTIONAL = ("FLAME_albedo_from_BFM.npz", "landmark_embedding.npy", "mediapipe_landmark_embedding.npz")
+NETWORKS = "deca_model.tar"
+EMBEDDINGS = ("mediapipe_landmark_embedding.npz", "landmark_embedding.npy")  # FLAME's own first, then DECA's
 UV_SIZE = 256
 
 
@@ -32,15 +34,29 @@ class DecaData:
 
     @classmethod
     def open(cls, folder: Path) -> "DecaData":
-        """Check that ``folder`` holds the DECA files; one error listing every missing file and where it comes from."""
+        """Check that ``folder`` holds the DECA files; one error listing every missing file and where it comes from.
+
+        Without ``deca_model.tar`` the FLAME head is driven by the tracker's landmarks instead of DECA's encoder:
+        then a landmark embedding (FLAME's MediaPipe one, or DECA's) is required instead.
+        """
         folder = Path(folder)
         if not folder.is_dir():
             raise UserError(f"DECA data folder {folder} not found: point --deca-data at your DECA checkout's data/")
-        missing = [f"{name} ({source})" for name, source in REQUIRED.items() if not (folder / name).is_file()]
+        required = dict(REQUIRED)
+        if not (folder / NETWORKS).is_file() and any((folder / name).is_file() for name in EMBEDDINGS):
+            del required[NETWORKS]  # FLAME only, driven through the landmark embedding
+        missing = [f"{name} ({source})" for name, source in required.items() if not (folder / name).is_file()]
         if missing:
             raise UserError(f"{folder} lacks " + "; ".join(missing) + ": copy them from your DECA and FLAME downloads")
         return cls(folder)
 
+    @property
+    def has_networks(self) -> bool:
+        return self.has(NETWORKS)
+
+    def embedding(self) -> Path | None:
+        """The landmark embedding to drive FLAME by the tracker's landmarks, or None."""
+        return next((self.path(name) for name in EMBEDDINGS if self.has(name)), None)
     def path(self, name: str) -> Path:
         return self.folder / name
 

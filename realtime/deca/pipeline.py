@@ -2,6 +2,10 @@
 
     pipeline = DecaPipeline.create(DecaOptions(identity=Path("trump.jpg"), deca_data=Path("DECA/data")))
 
+Without `deca_model.tar` (FLAME and a landmark embedding only), `track` fits FLAME's expression and jaw to the
+tracker's landmarks instead (`realtime.deca.landmark_fit`), the identity is FLAME's mean head with the photo's
+texture, and there is no per-frame detail.
+
 It has the same four steps as the embedded default (`realtime.pipeline.RetargetPipeline`), so the offline and live
 loops drive either: `track` (MediaPipe, then DECA's crop and E_flame: the driver's 50 expression and 3 jaw values),
 `pose` (ease to neutral while the face is lost), `geometry` (FLAME with the identity's shape, D_detail on the driver's
@@ -30,7 +34,9 @@ from realtime.deca.flame import (
     import_flame,
     read_head_template,
 )
+from realtime.deca.landmark_fit import ExpressionFitter, FlameLandmarks
 from realtime.errors import UserError
+from realtime.identity_fit import fit_weak_perspective
 from realtime.images import read_image
 from realtime.paths import cache_dir
 from realtime.photo_texture import bake_photo, face_region_mask
@@ -64,19 +70,27 @@ class DecaModel:
     data: DecaData
     flame: FlameModel
     template: HeadTemplate
-    encoder: object  # realtime.deca.networks.DecaEncoder (torch, imported lazily)
+    encoder: object | None  # realtime.deca.networks.DecaEncoder (torch, imported lazily); None: FLAME only
+    landmarks: FlameLandmarks | None  # how tracker landmarks sit on FLAME, for the FLAME-only path
     face_eye_mask: np.ndarray  # (256, 256) DECA rows
     fixed_displacement: np.ndarray  # (256, 256) DECA rows
 
     @classmethod
     def load(cls, folder: Path) -> "DecaModel":
-        from realtime.deca.networks import DecaEncoder, load_deca_checkpoint
-
         data = DecaData.open(folder)
         flame = import_flame(data.path("generic_model.pkl"), cache_dir() / "deca")
         template = read_head_template(data.path("head_template.obj"))
-        encoder = DecaEncoder(load_deca_checkpoint(data.path("deca_model.tar")))
-        return cls(data, flame, template, encoder, data.uv_mask(), data.fixed_displacement())
+        encoder, landmarks = None, None
+        if data.has_networks:
+            from realtime.deca.networks import DecaEncoder, load_deca_checkpoint
+
+            encoder = DecaEncoder(load_deca_checkpoint(data.path("deca_model.tar")))
+        else:
+            embedding = data.embedding()
+            landmarks = (FlameLandmarks.from_mediapipe_embedding(embedding) if embedding.suffix == ".npz"
+                         else FlameLandmarks.from_deca_embedding(embedding))
+            log.info("no deca_model.tar: FLAME is driven by the tracker's landmarks through %s", embedding.name)
+        return cls(data, flame, template, encoder, landmarks, data.uv_mask(), data.fixed_displacement())
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,6 +139,33 @@ def full_pose(global_rotation: np.ndarray, jaw: np.ndarray) -> np.ndarray:
     return pose
 
 
+def weak_perspective_projection(rotation: np.ndarray, scale: float, translation: np.ndarray) -> np.ndarray:
+    """(4, 4) model -> photo pixels and depth for ``pixel = scale * [x, -y] of (rotation @ point) + translation``."""
+    matrix = np.eye(4, dtype=np.float32)
+    matrix[:3, :3] = scale * np.diag([1.0, -1.0, -1.0]) @ rotation
+    matrix[:2, 3] = translation
+    return matrix
+
+
+def fit_photo(model: DecaModel, photo: np.ndarray, face: FaceObservation) -> tuple[dict, FlameIdentity, np.ndarray]:
+    """The photo's codes, its FLAME identity and the projection from FLAME space into the photo."""
+    if model.encoder is not None:
+        crop, transform = deca_crop(photo, face.landmarks)
+        code = model.encoder.encode(crop)
+        code["detail"] = model.encoder.encode_detail(crop)
+        return code, flame_identity(model.flame, code["shape"]), photo_projection(code["cam"], transform)
+    identity = flame_identity(model.flame, np.zeros(100, np.float32))  # FLAME's mean head: no shape encoder
+    fitter = ExpressionFitter(model.flame, identity, model.landmarks)
+    exp, jaw, _ = fitter.fit(face.landmarks)
+    points, pixels = fitter.points(exp, jaw), face.landmarks[fitter.landmarks.mediapipe, :2]
+    projection = weak_perspective_projection(*fit_weak_perspective(points, pixels, np.ones(len(points))))
+    flat_light = np.zeros((9, 3), np.float32)
+    flat_light[0] = 1 / 0.282095  # an even white light: the photo texture as it is
+    code = {"exp": exp, "pose": np.r_[np.zeros(3), jaw], "tex": np.zeros(50), "light": flat_light,
+            "detail": np.zeros(128, np.float32)}
+    return code, identity, projection
+
+
 def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Context) -> DecaIdentity:
     """DECA's codes for the photo, its FLAME head, and its texture baked from the full-resolution photo."""
     photo = read_image(photo_path, "identity photo")
@@ -132,9 +173,7 @@ def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Cont
         face = tracker.track(photo)
     if face is None:
         raise UserError(f"no face found in {photo_path}: use a photo with one clearly visible, roughly frontal face")
-    crop, transform = deca_crop(photo, face.landmarks)
-    code = model.encoder.encode(crop)
-    identity = flame_identity(model.flame, code["shape"])
+    code, identity, projection = fit_photo(model, photo, face)
     posed = flame_vertices(model.flame, identity, code["exp"], full_pose(code["pose"][:3], code["pose"][3:6]))
     template = model.template
     normals = VertexNormals(template.render_vertex[template.triangles], len(posed))(posed)
@@ -146,7 +185,7 @@ def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Cont
         template.render_uv,
         photo,
         face_region_mask(face.landmarks, photo.shape, feather=0.04 * np.ptp(face.landmarks[:, 0])),
-        photo_projection(code["cam"], transform),
+        projection,
         ATLAS_SIZE,
     )
     mask = cv2.resize(model.face_eye_mask[::-1], ATLAS_SIZE, interpolation=cv2.INTER_LINEAR)  # to GL rows
@@ -158,7 +197,7 @@ def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Cont
     return DecaIdentity(
         name=Path(photo_path).name,
         flame=identity,
-        detail=model.encoder.encode_detail(crop),
+        detail=code["detail"],
         light=np.asarray(code["light"], np.float32).reshape(9, 3),
         albedo=np.clip(albedo * 255 + 0.5, 0, 255).astype(np.uint8),
     )
@@ -195,7 +234,10 @@ class DecaPipeline:
         self.renderer = AvatarRenderer(ctx, mesh, identity.albedo, render)
         self.renderer.set_sh_light(identity.light)
         self._detail = None
-        if options.detail:
+        self._fitter = None
+        if model.encoder is None:
+            self._fitter = ExpressionFitter(model.flame, identity.flame, model.landmarks)
+        elif options.detail:
             self._detail = DetailNormalPass(ctx, template.render_uv, template.triangles, model.face_eye_mask,
                                             model.fixed_displacement)
             self.renderer.set_normal_map(self._detail.texture)
@@ -219,7 +261,12 @@ class DecaPipeline:
     def track(self, rgb: np.ndarray, timestamp: float) -> DecaFace | None:
         face = self.tracker.track(rgb, timestamp)
         if face is None:
+            if self._fitter is not None:
+                self._fitter.reset()
             return None
+        if self._fitter is not None:
+            exp, jaw, _ = self._fitter.fit(face.landmarks)
+            return DecaFace(face, exp.astype(np.float32), jaw.astype(np.float32))
         crop, _ = deca_crop(rgb, face.landmarks)
         code = self.model.encoder.encode(crop)
         return DecaFace(face, np.asarray(code["exp"], np.float32), np.asarray(code["pose"][3:6], np.float32))
