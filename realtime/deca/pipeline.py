@@ -79,7 +79,7 @@ class DecaModel:
     def load(cls, folder: Path) -> "DecaModel":
         data = DecaData.open(folder)
         flame = import_flame(data.path("generic_model.pkl"), cache_dir() / "deca")
-        template = read_head_template(data.path("head_template.obj"))
+        template = read_head_template(data.path("head_template.obj"), flame)
         encoder, landmarks = None, None
         if data.has_networks:
             from realtime.deca.networks import DecaEncoder, load_deca_checkpoint
