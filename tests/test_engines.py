@@ -1,0 +1,262 @@
+"""Compiled DECA engines: tools/build_engine.py on a generated checkpoint and real face crops, and load_engines.
+
+One build (ONNX Runtime fp32 + INT8, calibrated on the shared sample media) serves every test; TensorRT cannot run
+here, so its tests check that it is refused or skipped with a clear message.
+"""
+
+import importlib.util
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import PROJECT
+from tests.deca_checkpoint import write_deca_checkpoint
+
+pytestmark = pytest.mark.slow
+
+MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "media"
+STANDARD_OPS = {"Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "MatMul", "Add", "Mul",
+                "BatchNormalization", "Resize", "LeakyRelu", "Tanh", "Reshape", "Flatten", "Concat", "Constant"}
+
+
+def load_build_engine():
+    spec = importlib.util.spec_from_file_location("build_engine", PROJECT / "tools" / "build_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def build_engine():
+    return load_build_engine()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, assets: Path, build_engine):
+    """(report, DECA folder, engines folder) of one ONNX Runtime build with --backend auto."""
+    if not MEDIA.is_dir():
+        pytest.skip(f"sample media {MEDIA} is absent (the shared asset mirror sits beside the checkout)")
+    root = tmp_path_factory.mktemp("engines_build")
+    deca, out = root / "deca", root / "engines"
+    deca.mkdir()
+    write_deca_checkpoint(deca / "deca_model.tar", seed=0)
+    args = build_engine.parse_args(["--deca-data", str(deca), "--out", str(out), "--runs", "5", "--max-crops", "12"])
+    report = build_engine.build(args)
+    print("\n" + build_engine.summary_table(report))  # the figures, with -s
+    return report, deca, out
+
+
+@pytest.fixture(scope="module")
+def reference(built, build_engine):
+    """fp32 torch outputs (and the crops) on the same calibration crops as the build."""
+    from realtime.deca.networks import load_deca_checkpoint
+
+    _, deca, _ = built
+    crops = build_engine.calibration_crops([MEDIA], 12)
+    result = build_engine.torch_reference(load_deca_checkpoint(deca / "deca_model.tar"), crops)
+    return {**result, "crops": crops}
+
+
+def rows(report, engine: str) -> dict:
+    return {row.network: row for row in report.rows if row.engine == engine}
+
+
+def manifest_entries(out: Path) -> list[dict]:
+    from realtime.deca.engines import read_manifest
+
+    return read_manifest(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The build.
+
+
+def test_auto_backend_falls_back_to_onnxruntime(built, build_engine, caplog) -> None:
+    report, _, _ = built
+    assert report.backend == "onnxruntime"
+    with caplog.at_level(logging.WARNING):
+        assert build_engine.resolve_backend("auto") == "onnxruntime"
+    assert "TensorRT is unavailable (" in caplog.text and "): using ONNX Runtime" in caplog.text
+
+
+def test_forced_tensorrt_is_a_one_line_user_error(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(PROJECT / "tools" / "build_engine.py"), "--deca-data", str(tmp_path),
+                             "--backend", "tensorrt", "--out", str(tmp_path / "engines")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "TensorRT is unavailable" in errors[0], result.stderr
+    assert not (tmp_path / "engines" / "manifest.json").exists()
+
+
+def test_onnx_graphs_use_standard_ops_and_half_pixel_resize(built) -> None:
+    import onnx
+
+    _, _, out = built
+    for network in ("E_flame", "E_detail", "D_detail"):
+        model = onnx.load(str(out / f"{network}.onnx"))
+        onnx.checker.check_model(model)
+        assert {opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx")} == {17}
+        ops = {node.op_type for node in model.graph.node}
+        assert ops <= STANDARD_OPS, f"{network}: non-standard ops {ops - STANDARD_OPS}"
+        assert all(node.domain in ("", "ai.onnx") for node in model.graph.node)
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == ([1, 181] if network == "D_detail" else [1, 3, 224, 224])
+    resizes = [node for node in onnx.load(str(out / "D_detail.onnx")).graph.node if node.op_type == "Resize"]
+    assert len(resizes) == 5
+    for node in resizes:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["mode"] == b"linear" and attributes["coordinate_transformation_mode"] == b"half_pixel"
+
+
+def test_onnxruntime_fp32_matches_torch_on_real_crops(built, reference) -> None:
+    from realtime.deca.engines import ort_runner, ort_session
+
+    _, _, out = built
+    assert len(reference["crops"]) >= 8
+    run = {n: ort_runner(ort_session(out / f"{n}.fp32.onnx")) for n in ("E_flame", "E_detail", "D_detail")}
+    code = np.concatenate([run["E_flame"](x[None]) for x in reference["images"]])
+    detail = np.concatenate([run["E_detail"](x[None]) for x in reference["images"]])
+    displacement = np.concatenate([run["D_detail"](x[None]) for x in reference["latent"]])
+    assert np.abs(code - reference["code"]).max() <= 1e-4
+    assert np.abs(detail - reference["detail"]).max() <= 1e-4
+    assert np.abs(displacement - reference["displacement"]).max() <= 1e-5
+    fp32 = rows(built[0], "onnxruntime fp32")  # the build's own figures agree
+    assert fp32["E_flame"].errors["code"] <= 1e-4 and fp32["D_detail"].errors["displacement"] <= 1e-5
+
+
+def test_int8_is_within_the_bounds_or_refused(built, reference) -> None:
+    from realtime.deca.engines import error_bounds
+
+    report, _, out = built
+    int8 = rows(report, "onnxruntime int8")
+    entries = {e["network"]: e for e in manifest_entries(out) if e["precision"] == "int8"}
+    for network in ("E_flame", "E_detail", "D_detail"):
+        row, bounds = int8[network], error_bounds(network, reference)
+        within = all(row.errors[name] < bound for name, bound in bounds.items())
+        logging.getLogger(__name__).info("INT8 %s errors %s, bounds %s", network, row.errors, bounds)
+        if within:
+            assert row.status == "ok" and network in entries
+            assert (out / entries[network]["file"]).is_file()
+            assert (out / f"{network}.int8.calibration.json").is_file()
+            assert entries[network]["max_errors"] == pytest.approx(row.errors)
+        else:
+            assert network not in entries and not (out / f"{network}.int8.onnx").exists()
+            assert "exceeds the accuracy bound" in report.refused[f"{network} int8"]
+            assert "not written to the manifest" in row.status
+
+
+def test_manifest_describes_every_engine(built) -> None:
+    from realtime.deca.engines import file_sha256
+
+    _, deca, out = built
+    entries = manifest_entries(out)
+    assert {(e["network"], e["precision"]) for e in entries} >= {(n, "fp32") for n in ("E_flame", "E_detail",
+                                                                                     "D_detail")}
+    checkpoint_sha256 = file_sha256(deca / "deca_model.tar")
+    for entry in entries:
+        assert entry["backend"] == "onnxruntime" and entry["checkpoint_sha256"] == checkpoint_sha256
+        assert entry["sha256"] == file_sha256(out / entry["file"])
+        assert entry["inputs"][0]["name"] in ("images", "latent") and entry["outputs"][0]["shape"]
+        assert entry["runtime"]["onnxruntime"] and entry["runtime"]["torch"] and entry["built"]
+        assert entry["max_errors"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Choosing the engines.
+
+
+def test_load_engines_picks_the_best_valid_engine(built, reference) -> None:
+    from realtime.deca.engines import load_engines
+
+    _, deca, out = built
+    runner = load_engines(deca, out)
+    assert runner is not None
+    int8 = {e["network"] for e in manifest_entries(out) if e["precision"] == "int8"}
+    for network, entry in runner.engines.items():
+        assert entry["precision"] == ("int8" if network in int8 else "fp32")
+    crop = reference["crops"][0]
+    parts = runner.encode(crop)
+    assert parts["exp"].shape == (50,) and parts["pose"].shape == (6,) and parts["light"].shape == (9, 3)
+    detail = runner.encode_detail(crop)
+    assert detail.shape == (128,)
+    displacement = runner.decode_detail(parts["pose"][3:6], parts["exp"], detail)
+    assert displacement.shape == (256, 256) and displacement.dtype == np.float32
+    fp32 = load_engines(deca, out, backend="onnxruntime")
+    assert fp32 is not None
+
+
+def test_changed_checkpoint_makes_the_engines_stale(built, tmp_path: Path, caplog) -> None:
+    from realtime.deca.engines import load_engines
+
+    _, _, out = built
+    other = tmp_path / "deca"
+    other.mkdir()
+    write_deca_checkpoint(other / "deca_model.tar", seed=1)
+    with caplog.at_level(logging.WARNING):
+        assert load_engines(other, out) is None
+    assert "stale" in caplog.text and "python tools/build_engine.py --deca-data DIR" in caplog.text
+
+
+def test_corrupt_engine_is_refused(built, tmp_path: Path, caplog) -> None:
+    from realtime.deca.engines import load_engines
+
+    _, deca, out = built
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    target = copy / "E_flame.fp32.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights
+    target.write_bytes(bytes(data))
+    (copy / "E_flame.int8.onnx").unlink(missing_ok=True)  # no other E_flame engine to fall back on
+    with caplog.at_level(logging.WARNING):
+        assert load_engines(deca, copy) is None
+    assert "E_flame onnxruntime fp32 engine E_flame.fp32.onnx does not match its manifest hash" in caplog.text
+    assert "rebuild with `python tools/build_engine.py --deca-data DIR`" in caplog.text
+
+
+def test_corrupt_int8_engine_falls_back_to_fp32(built, tmp_path: Path, caplog) -> None:
+    from realtime.deca.engines import load_engines
+
+    _, deca, out = built
+    int8 = [e for e in manifest_entries(out) if e["precision"] == "int8"]
+    if not int8:  # every INT8 engine was refused by the accuracy check (checked above): nothing to tamper with
+        assert load_engines(deca, out).engines["E_flame"]["precision"] == "fp32"
+        return
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    entry = int8[0]
+    with open(copy / entry["file"], "ab") as f:
+        f.write(b"tampered")
+    with caplog.at_level(logging.WARNING):
+        runner = load_engines(deca, copy)
+    assert runner is not None and runner.engines[entry["network"]]["precision"] == "fp32"
+    assert "does not match its manifest hash" in caplog.text
+
+
+def test_no_manifest_or_tensorrt_only_means_torch(built, tmp_path: Path) -> None:
+    from realtime.deca.engines import load_engines
+
+    _, deca, out = built
+    assert load_engines(deca, tmp_path) is None
+    assert load_engines(deca, out, backend="tensorrt") is None
+
+
+def test_int8_over_the_bound_is_refused(built, reference, build_engine, tmp_path: Path, monkeypatch) -> None:
+    """The refusal path itself, whatever the random network gives: a bound no INT8 engine can meet."""
+    from realtime.deca import engines
+    from realtime.deca.networks import load_deca_checkpoint
+
+    _, deca, out = built
+    shutil.copy(out / "D_detail.onnx", tmp_path / "D_detail.onnx")
+    monkeypatch.setattr(engines, "DISPLACEMENT_ERROR_BOUND", 1e-12)
+    state = {"networks": load_deca_checkpoint(deca / "deca_model.tar"), "crops": reference["crops"],
+             "reference": reference, "checkpoint_sha256": "0" * 64}
+    entry, row = build_engine.build_one("D_detail", "int8", "onnxruntime", tmp_path, state, runs=1)
+    assert entry is None and not (tmp_path / "D_detail.int8.onnx").exists()
+    assert row.status.startswith("refused: INT8 D_detail exceeds the accuracy bound (displacement max error")
