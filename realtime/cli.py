@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--style", choices=("textured", "shape"), default="textured",
                         help="with --deca-data: the photo texture under the identity's light, or DECA's grey shape")
     parser.add_argument("--no-detail", action="store_true", help="with --deca-data: no per-frame DECA detail")
+    parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "torch"), default="auto",
+                        help="with --deca-data: run DECA's networks on compiled engines (tools/build_engine.py) or "
+                             "torch; auto picks the best valid engine, else torch")
     parser.add_argument("--list-cameras", action="store_true", help="list the camera devices and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -123,7 +126,7 @@ def build_pipeline(args: argparse.Namespace, ctx=None):  # -> RetargetPipeline |
         if color is None:
             raise UserError("--background IMAGE is not available with --deca-data yet: give a colour like #223344")
         return DecaPipeline.create(DecaOptions(identity=args.identity, deca_data=args.deca_data, size=args.size,
-                                               style=args.style, detail=not args.no_detail,
+                                               style=args.style, detail=not args.no_detail, backend=args.backend,
                                                head_pose=not args.no_head_pose, background=color), ctx)
     from realtime.pipeline import PipelineOptions, RetargetPipeline
     from realtime.renderer import RenderOptions

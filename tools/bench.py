@@ -494,12 +494,13 @@ def run_deca(args: argparse.Namespace) -> dict[str, Any]:
         whole_fps = result.frames / (time.perf_counter() - started)
         pipeline.close()
     stages = {stage: asdict(summarise(values)) for stage, values in samples.items()}
-    return {"machine": machine, "clip": asdict(clip), "stages": stages, "whole_fps": whole_fps}
+    networks = model.encoder.describe() if hasattr(model.encoder, "describe") else "torch fp32"
+    return {"machine": machine, "clip": asdict(clip), "networks": networks, "stages": stages, "whole_fps": whole_fps}
 
 
 def format_deca_report(report: dict[str, Any]) -> str:
     machine, clip = report["machine"], report["clip"]
-    lines = [f"CPU        {machine['cpu_count']} cores, {machine['cpu_model']}; torch on the CPU",
+    lines = [f"CPU        {machine['cpu_count']} cores, {machine['cpu_model']}; networks: {report['networks']}",
              f"clip       {clip['source']} resized to {clip['size'][0]}x{clip['size'][1]}, {clip['frames']} frames", "",
              f"{'stage':<20}{'median ms':>12}{'p95 ms':>10}"]
     for stage, stats in report["stages"].items():

@@ -38,7 +38,7 @@ from realtime.deca.landmark_fit import ExpressionFitter, FlameLandmarks
 from realtime.errors import UserError
 from realtime.identity_fit import fit_weak_perspective
 from realtime.images import read_image
-from realtime.paths import cache_dir
+from realtime.paths import PROJECT_ROOT, cache_dir
 from realtime.photo_texture import bake_photo, face_region_mask
 from realtime.pipeline import AvatarGeometry, model_matrix
 from realtime.renderer import AvatarMesh, AvatarRenderer, RenderOptions, VertexNormals, create_context
@@ -57,6 +57,7 @@ class DecaOptions:
     deca_data: Path
     size: tuple[int, int] = (640, 480)
     style: str = "textured"  # "textured" (photo texture, the identity's SH light) or "shape" (DECA's grey look)
+    backend: str = "auto"  # DECA's networks: compiled engines when valid ones exist, else torch (see DecaModel.load)
     detail: bool = True
     head_pose: bool = True
     background: tuple[float, float, float] = (0.086, 0.094, 0.114)
@@ -76,7 +77,9 @@ class DecaModel:
     fixed_displacement: np.ndarray  # (256, 256) DECA rows
 
     @classmethod
-    def load(cls, folder: Path) -> "DecaModel":
+    def load(cls, folder: Path, backend: str = "auto") -> "DecaModel":
+        """``backend``: "auto" (the best valid compiled engine in engines/, else torch), "onnxruntime",
+        "tensorrt" (compiled engines only; see tools/build_engine.py) or "torch"."""
         data = DecaData.open(folder)
         flame = import_flame(data.path("generic_model.pkl"), cache_dir() / "deca")
         template = read_head_template(data.path("head_template.obj"), flame)
@@ -84,7 +87,17 @@ class DecaModel:
         if data.has_networks:
             from realtime.deca.networks import DecaEncoder, load_deca_checkpoint
 
-            encoder = DecaEncoder(load_deca_checkpoint(data.path("deca_model.tar")))
+            if backend != "torch":
+                from realtime.deca.engines import load_engines
+
+                encoder = load_engines(data.folder, PROJECT_ROOT / "engines", backend)
+                if encoder is None and backend != "auto":
+                    raise UserError(f"no valid {backend} engines for {data.path('deca_model.tar')}: build them with "
+                                    f"`python tools/build_engine.py --deca-data {data.folder}` or use --backend auto")
+                if encoder is not None:
+                    log.info("DECA networks on compiled engines: %s", encoder.describe())
+            if encoder is None:
+                encoder = DecaEncoder(load_deca_checkpoint(data.path("deca_model.tar")))
         else:
             embedding = data.embedding()
             landmarks = (FlameLandmarks.from_mediapipe_embedding(embedding) if embedding.suffix == ".npz"
@@ -249,7 +262,7 @@ class DecaPipeline:
     def create(cls, options: DecaOptions, ctx: moderngl.Context | None = None) -> "DecaPipeline":
         if options.style not in ("textured", "shape"):
             raise UserError(f"unknown style {options.style!r}: use --style textured or --style shape")
-        model = DecaModel.load(options.deca_data)
+        model = DecaModel.load(options.deca_data, options.backend)
         ctx = ctx or create_context()
         identity = prepare_deca_identity(model, options.identity, ctx)
         tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
