@@ -15,7 +15,7 @@ import numpy as np
 
 from realtime.capture import Capture
 from realtime.errors import UserError
-from realtime.pipeline import RetargetPipeline
+from realtime.pipeline import Pipeline
 from realtime.video_io import ClipWriter, interrupt_on_sigterm, next_free_path
 from realtime.virtual_camera import VirtualCamera
 from realtime.window import Key, Overlay, PreviewWindow
@@ -101,7 +101,7 @@ class Recorder:
 class LiveLoop:
     def __init__(
         self,
-        pipeline: RetargetPipeline,
+        pipeline: Pipeline,
         capture: Capture,
         virtual_camera: VirtualCamera | None,
         window: PreviewWindow | None,

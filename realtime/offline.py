@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from realtime.pipeline import AvatarGeometry, RetargetPipeline
+from realtime.pipeline import AvatarGeometry, Pipeline
 from realtime.threads import map_ahead
 from realtime.video_io import ClipWriter, Frame, interrupt_on_sigterm, open_video
 
@@ -27,7 +27,7 @@ class ClipResult:
 
 
 def render_clip(
-    pipeline: RetargetPipeline, source: Path, out: Path, overwrite: bool = False, progress: bool = True
+    pipeline: Pipeline, source: Path, out: Path, overwrite: bool = False, progress: bool = True
 ) -> ClipResult:
     """Retarget every frame of ``source`` into ``out`` at the source's frame rate. Ctrl-C or SIGTERM stops early and
     still finalises the frames done so far into a playable clip."""

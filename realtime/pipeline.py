@@ -9,6 +9,7 @@
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import moderngl
 import numpy as np
@@ -36,6 +37,21 @@ class PipelineOptions:
     background_image: Path | None = None
     use_cache: bool = True
     gl_backend: str | None = "egl"
+
+
+class Pipeline(Protocol):
+    """What the offline and live loops drive: this module's `RetargetPipeline` or `realtime.deca.pipeline`'s."""
+
+    renderer: AvatarRenderer
+
+    def neutral_pose(self) -> AvatarPose: ...
+    def calibrate_neutral(self, face: Any) -> None: ...
+    def track(self, rgb: np.ndarray, timestamp: float) -> Any | None: ...
+    def pose(self, face: Any | None, dt: float) -> AvatarPose: ...
+    def geometry(self, pose: AvatarPose) -> "AvatarGeometry": ...
+    def draw(self, geometry: "AvatarGeometry") -> np.ndarray: ...
+    def render_pose(self, pose: AvatarPose) -> np.ndarray: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, eq=False)
