@@ -205,7 +205,7 @@ def run_live(args: argparse.Namespace) -> int:
             raise UserError("nothing to output: no virtual camera and --no-window; set up a virtual camera, "
                             "drop --no-window, or add --record OUT.mp4")
         options = LiveOptions(fps=fps, record=args.record, overwrite=args.overwrite,
-                              record_path=args.record or Path("retarget.mp4"))
+                              record_path=args.record or Path("retarget.mp4"), worker=args.deca_data is not None)
         stats = LiveLoop(pipeline, capture, camera, window, options).run()
     latencies = np.array(stats.latencies_ms) if stats.latencies_ms else np.zeros(1)
     log.info("%d frames out (%d retargeted, %d repeated while the camera was away or paused); latency median %.0f ms, "

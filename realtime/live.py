@@ -1,11 +1,14 @@
 """The live loop: camera frames in; avatar frames out to the virtual camera, the preview window and the recorder.
 
-Everything but capture runs on this thread, which owns the GL context: a new camera frame is tracked, retargeted,
-drawn and handed to the outputs at once (lowest latency). When the camera stalls or is reconnecting, or the user
-pauses, the last avatar frame is sent again at the output rate, so a video call never freezes on a dropped stream.
+By default everything but capture runs on this thread, which owns the GL context: a new camera frame is tracked,
+retargeted, drawn and handed to the outputs at once (lowest latency). With `LiveOptions.worker` (the DECA path, whose
+networks take most of a frame), tracking and posing run on a `TrackingWorker` thread that keeps only its newest
+result, and this thread only draws: the two overlap on the two cores. When the camera stalls or is reconnecting, or
+the user pauses, the last avatar frame is sent again at the output rate, so a video call never freezes.
 """
 
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -13,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.capture import Capture
+from realtime.capture import Capture, CapturedFrame
 from realtime.errors import UserError
-from realtime.pipeline import Pipeline
+from realtime.pipeline import AvatarGeometry, Pipeline
 from realtime.video_io import ClipWriter, interrupt_on_sigterm, next_free_path
 from realtime.virtual_camera import VirtualCamera
 from realtime.window import Key, Overlay, PreviewWindow
@@ -34,6 +37,7 @@ class LiveOptions:
     overwrite: bool = False
     max_frames: int | None = None  # stop after this many output frames (tests, benchmarks)
     stall_periods: float = 1.5  # no camera frame for this many frame periods: send the last avatar frame again
+    worker: bool = False  # track and pose on a worker thread (see the module docstring)
 
 
 @dataclass
@@ -98,6 +102,60 @@ class Recorder:
         return path
 
 
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A camera frame, tracked and posed: all that is left is to draw it."""
+
+    frame: CapturedFrame
+    face: object | None
+    geometry: AvatarGeometry
+
+
+class TrackingWorker:
+    """Tracks and poses the newest camera frames on its own thread; like the capture, keeps only the newest result."""
+
+    def __init__(self, pipeline: Pipeline, capture: Capture, fps: float) -> None:
+        self.pipeline, self.capture, self.fps = pipeline, capture, fps
+        self._latest: Prepared | None = None
+        self._error: BaseException | None = None
+        self._ready = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="track:live")
+        self._thread.start()
+
+    def _run(self) -> None:
+        last_index, last_time = -1, None
+        try:
+            while not self._stop.is_set():
+                frame = self.capture.latest(after=last_index, timeout=0.1)
+                if frame is None:
+                    continue
+                dt = 1.0 / self.fps if last_time is None else frame.timestamp - last_time
+                last_index, last_time = frame.index, frame.timestamp
+                face = self.pipeline.track(frame.image, frame.timestamp)
+                prepared = Prepared(frame, face, self.pipeline.geometry(self.pipeline.pose(face, dt)))
+                with self._ready:
+                    self._latest = prepared
+                    self._ready.notify_all()
+        except BaseException as err:  # handed to the GL thread, which decides
+            with self._ready:
+                self._error = err
+                self._ready.notify_all()
+
+    def latest(self, after: int, timeout: float) -> Prepared | None:
+        """The newest result for a frame with index > ``after``, waiting up to ``timeout``; None if none came."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._error is not None or (
+                self._latest is not None and self._latest.frame.index > after), timeout=timeout)
+            if self._error is not None:
+                raise self._error
+            return self._latest if self._latest is not None and self._latest.frame.index > after else None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class LiveLoop:
     def __init__(
         self,
@@ -137,22 +195,36 @@ class LiveLoop:
         return self.stats
 
     def _loop(self) -> None:
+        worker = TrackingWorker(self.pipeline, self.capture, self.fps) if self.options.worker else None
+        try:
+            self._run_outputs(worker)
+        finally:
+            if worker is not None:
+                worker.close()
+
+    def _run_outputs(self, worker: TrackingWorker | None) -> None:
         period = 1.0 / self.fps
         last_index, last_capture_time = -1, None
         last_output = time.monotonic()
         while not self._finished():
             if self.window is not None and not self._handle_keys(self.window.poll()):
                 return
-            wait = max(0.0, last_output + self.options.stall_periods * period - time.monotonic())
-            frame = self.capture.latest(after=last_index, timeout=min(wait, period))
+            wait = min(max(0.0, last_output + self.options.stall_periods * period - time.monotonic()), period)
+            prepared = worker.latest(last_index, wait) if worker is not None else None
+            frame = prepared.frame if prepared is not None else None
+            if worker is None:
+                frame = self.capture.latest(after=last_index, timeout=wait)
             if frame is not None:
                 last_index = frame.index
                 self._camera_image = frame.image
                 if self.paused:
                     self._emit(held=True)
                 else:
-                    dt = period if last_capture_time is None else frame.timestamp - last_capture_time
-                    self._retarget(frame.image, frame.timestamp, dt)
+                    if prepared is None:
+                        dt = period if last_capture_time is None else frame.timestamp - last_capture_time
+                        face = self.pipeline.track(frame.image, frame.timestamp)
+                        prepared = Prepared(frame, face, self.pipeline.geometry(self.pipeline.pose(face, dt)))
+                    self._draw(prepared)
                     self._emit(captured_at=frame.timestamp)
                 last_capture_time = frame.timestamp
                 last_output = time.monotonic()
@@ -166,12 +238,11 @@ class LiveLoop:
     def _finished(self) -> bool:
         return self.options.max_frames is not None and self.stats.frames_out >= self.options.max_frames
 
-    def _retarget(self, image: np.ndarray, timestamp: float, dt: float) -> None:
-        face = self.pipeline.track(image, timestamp)
-        self._avatar = self.pipeline.draw(self.pipeline.geometry(self.pipeline.pose(face, dt)))
-        self._last_face, self._tracking = face, face is not None
+    def _draw(self, prepared: Prepared) -> None:
+        self._avatar = self.pipeline.draw(prepared.geometry)
+        self._last_face, self._tracking = prepared.face, prepared.face is not None
         self.stats.frames_rendered += 1
-        self.stats.frames_with_face += face is not None
+        self.stats.frames_with_face += prepared.face is not None
 
     def _emit(self, captured_at: float | None = None, held: bool = False) -> None:
         """Hand the current avatar frame to every output: the virtual camera first (it is the latency that counts)."""

@@ -161,3 +161,31 @@ def test_networks_or_an_embedding_are_needed(deca_folder, tmp_path) -> None:
             shutil.copy(path, tmp_path / path.name)
     with pytest.raises(UserError, match=r"deca_model.tar \(DECA's trained networks"):
         DecaData.open(tmp_path)
+
+
+def test_live_deca_tracks_on_a_worker_thread(deca_folder, gl_context) -> None:
+    """The DECA path live: tracking and posing on the worker thread, drawing here; frames flow, nothing is left."""
+    import threading
+
+    from realtime.capture import Capture, CaptureOptions
+    from realtime.deca.pipeline import DecaOptions, DecaPipeline
+    from realtime.live import LiveLoop, LiveOptions
+    from realtime.virtual_camera import VirtualCamera
+    from tests.virtual_camera_backend import RecordingBackend, registered_backend
+
+    pipeline = DecaPipeline.create(DecaOptions(identity=media("skimage_astronaut.png"), deca_data=deca_folder,
+                                               size=(320, 240)), gl_context)
+    try:
+        with registered_backend("recording", RecordingBackend), Capture.create_from_options(
+            CaptureOptions(source=str(media("pyfeat_single_face.mp4")))
+        ) as capture:
+            camera = VirtualCamera.open((320, 240), capture.fps, backend="recording")
+            stats = LiveLoop(pipeline, capture, camera, None, LiveOptions(worker=True)).run()
+            camera.close()
+            frames = RecordingBackend.last().frames
+    finally:
+        pipeline.close()
+    assert stats.frames_rendered > 10 and stats.frames_with_face == stats.frames_rendered
+    assert len(frames) == stats.frames_out and frames[0].shape == (240, 320, 3)
+    assert max(stats.latencies_ms) < 1000, "the newest frame, not a queue"
+    assert not [t for t in threading.enumerate() if t.name.startswith(("track", "capture"))]

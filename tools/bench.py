@@ -393,7 +393,15 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
     from realtime.virtual_camera import VirtualCamera
 
     ctx = create_context("egl")
-    pipeline, prepare = prepare_pipeline(args.identity, args.size, ctx)
+    if args.deca_data is not None:  # the DECA path: tracking and posing on the worker thread, as the app does
+        from realtime.deca.pipeline import DecaOptions, DecaPipeline
+
+        started = time.perf_counter()
+        pipeline = DecaPipeline.create(DecaOptions(identity=args.identity, deca_data=args.deca_data, size=args.size),
+                                       ctx)
+        prepare = {"seconds": time.perf_counter() - started, "from_cache": False}
+    else:
+        pipeline, prepare = prepare_pipeline(args.identity, args.size, ctx)
     pyvirtualcam.register_backend("bench", TimingCamera)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         driver = Path(tmp) / "driver.mp4"
@@ -401,7 +409,8 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
         with Capture.create_from_options(CaptureOptions(source=str(driver), loop=True)) as capture:
             camera = VirtualCamera.open(args.size, capture.fps, backend="bench")
             started = time.perf_counter()
-            stats = LiveLoop(pipeline, capture, camera, None, LiveOptions(max_frames=args.frames)).run()
+            options = LiveOptions(max_frames=args.frames, worker=args.deca_data is not None)
+            stats = LiveLoop(pipeline, capture, camera, None, options).run()
             seconds = time.perf_counter() - started
             camera.close()
             dropped_input = capture.frames_dropped
@@ -576,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        # --live with --deca-data is the live figure of the DECA path
         report = run_live(args) if args.live else run_deca(args) if args.deca_data else run(args)
     except UserError as err:
         log.error("%s", err)
