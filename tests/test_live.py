@@ -75,13 +75,17 @@ def test_every_camera_frame_reaches_the_virtual_camera_at_the_camera_rate(pipeli
     assert info.frame_count == stats.frames_out and (info.width, info.height) == (640, 480)
 
 
-def test_face_lost_eases_to_neutral_and_face_found_picks_up_smoothly(pipeline, recording_camera):
-    clip = media("pyfeat_face_noface.mov")  # a face, then a cut to a cartoon
-    with Capture.create_from_options(CaptureOptions(source=str(clip))) as capture:
+def play_as_webcam(pipeline, recording_camera, clip: str):
+    """The clip through the live loop in real time; the stats and every frame the virtual camera received."""
+    with Capture.create_from_options(CaptureOptions(source=str(media(clip)))) as capture:
         camera = recording_camera((640, 480), capture.fps)
         stats = LiveLoop(fresh(pipeline), capture, camera, None, LiveOptions()).run()
         camera.close()
-    frames = [frame.image.astype(int) for frame in RecordingBackend.last().frames]
+    return stats, [frame.image.astype(int) for frame in RecordingBackend.last().frames]
+
+
+def test_face_lost_eases_to_neutral_and_face_found_picks_up_smoothly(pipeline, recording_camera):
+    stats, frames = play_as_webcam(pipeline, recording_camera, "pyfeat_face_noface.mov")  # a face, then a cartoon
     assert 0 < stats.frames_with_face < stats.frames_rendered
     neutral = neutral_image(pipeline)
     # (MediaPipe sees a face in the cartoon for a frame near the end: a blip, not the end of the ease)
@@ -92,12 +96,7 @@ def test_face_lost_eases_to_neutral_and_face_found_picks_up_smoothly(pipeline, r
 
 
 def test_a_face_that_appears_is_picked_up_smoothly(pipeline, recording_camera):
-    clip = media("pyfeat_noface_face.mov")  # a cartoon, then a cut to a face
-    with Capture.create_from_options(CaptureOptions(source=str(clip))) as capture:
-        camera = recording_camera((640, 480), capture.fps)
-        stats = LiveLoop(fresh(pipeline), capture, camera, None, LiveOptions()).run()
-        camera.close()
-    frames = [frame.image.astype(int) for frame in RecordingBackend.last().frames]
+    stats, frames = play_as_webcam(pipeline, recording_camera, "pyfeat_noface_face.mov")  # a cartoon, then a face
     assert 0 < stats.frames_with_face < stats.frames_rendered
     assert np.abs(frames[0] - neutral_image(pipeline)).mean() < 1.0, "neutral while there is no face"
     steps = [np.abs(b - a).mean() for a, b in zip(frames, frames[1:], strict=False)]
