@@ -42,7 +42,8 @@ CHECKPOINT_NAME = "deca_model.tar"
 REBUILD_HINT = "python tools/build_engine.py --deca-data DIR"
 NETWORKS = ("E_flame", "E_detail", "D_detail")
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-ORT_THREADS = 2  # these machines have 2 cores; more threads only contend with capture, tracking and rendering
+ORT_THREADS = 1  # beside MediaPipe and llvmpipe on 2 cores, one thread per network is faster overall (bench:
+# whole DECA pipeline 20 -> 26 frames/s offline, 21 -> 27 live) than two that contend with them
 
 # Per network: input name and shape, output name and shape (batch 1, fixed 224 x 224 for the encoders).
 INPUTS = {"E_flame": ("images", (1, 3, 224, 224)), "E_detail": ("images", (1, 3, 224, 224)),
