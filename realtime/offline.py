@@ -1,13 +1,14 @@
 """Offline retargeting: every frame of a driver clip becomes a frame of the output clip, as fast as the machine allows.
 
-Three stages overlap: decoding (the video source's thread), tracking + retargeting + posing the mesh (a worker thread;
-MediaPipe and numpy release the GIL) and drawing on this thread, which owns the GL context; ffmpeg encodes in its own
-process.
+Four stages overlap: decoding (the video source's thread), tracking (a worker thread; MediaPipe, and DECA's encoder on
+that path, release the GIL), retargeting and posing the mesh (another worker, in frame order; numpy, and DECA's
+detail decoder) and drawing on this thread, which owns the GL context; ffmpeg encodes in its own process.
 """
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -37,14 +38,17 @@ def render_clip(
     with interrupt_on_sigterm(), open_video(source) as video:
         dt = 1.0 / video.fps
 
-        def prepare(frame: Frame) -> tuple[bool, AvatarGeometry]:
-            face = pipeline.track(frame.image, frame.timestamp)
+        def track(frame: Frame) -> Any:
+            return pipeline.track(frame.image, frame.timestamp)
+
+        def prepare(face: Any) -> tuple[bool, AvatarGeometry]:
             return face is not None, pipeline.geometry(pipeline.pose(face, dt))
 
         writer = ClipWriter(out, video.fps, size, overwrite=overwrite)
         bar = tqdm(total=video.frame_count, desc=f"Retargeting {Path(source).name}", unit="frame", disable=not progress)
         try:
-            for tracked, geometry in map_ahead(prepare, video, depth=4, name="track"):
+            faces = map_ahead(track, video, depth=4, name="track")
+            for tracked, geometry in map_ahead(prepare, faces, depth=4, name="pose"):
                 writer.write(pipeline.draw(geometry))
                 frames += 1
                 found += tracked

@@ -41,6 +41,10 @@ def map_ahead(fn: Callable[[T], R], items: Iterable[T], depth: int = 4, name: st
         except BaseException as err:  # handed to the consumer, which decides
             put(_Done(err))
             return
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # an upstream map_ahead: stop and join its worker too
+                close()
         put(_Done())
 
     worker = threading.Thread(target=work, name=name)
