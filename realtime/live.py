@@ -13,6 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,49 +112,90 @@ class Prepared:
     geometry: AvatarGeometry
 
 
+class _Newest:
+    """A one-slot box holding the newest result of a stage (anything with ``.frame.index``), to wait on."""
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+
+    def put(self, item: Any) -> None:
+        with self._changed:
+            self._item = item
+            self._changed.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._changed:
+            self._error = error
+            self._changed.notify_all()
+
+    def get(self, after: int, timeout: float) -> Any:
+        """The newest item for a frame with index > ``after``, waiting up to ``timeout``; None if none came."""
+        def ready() -> bool:
+            return self._error is not None or (self._item is not None and self._item.frame.index > after)
+
+        with self._changed:
+            self._changed.wait_for(ready, timeout=timeout)
+            if self._error is not None:
+                raise self._error
+            return self._item if self._item is not None and self._item.frame.index > after else None
+
+
+@dataclass(frozen=True, eq=False)
+class Tracked:
+    frame: CapturedFrame
+    face: object | None
+
+
 class TrackingWorker:
-    """Tracks and poses the newest camera frames on its own thread; like the capture, keeps only the newest result."""
+    """Tracks the newest camera frame on one thread and poses the newest tracked frame on another (as the offline
+    path, so that DECA's encoder and detail decoder overlap); each stage keeps only its newest result."""
 
     def __init__(self, pipeline: Pipeline, capture: Capture, fps: float) -> None:
         self.pipeline, self.capture, self.fps = pipeline, capture, fps
-        self._latest: Prepared | None = None
-        self._error: BaseException | None = None
-        self._ready = threading.Condition()
+        self._tracked, self._prepared = _Newest(), _Newest()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="track:live")
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._guard, args=(self._track, self._tracked), name="track:live"),
+                         threading.Thread(target=self._guard, args=(self._pose, self._prepared), name="track:pose")]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self) -> None:
-        last_index, last_time = -1, None
+    def _guard(self, stage: Any, output: _Newest) -> None:
         try:
-            while not self._stop.is_set():
-                frame = self.capture.latest(after=last_index, timeout=0.1)
-                if frame is None:
-                    continue
-                dt = 1.0 / self.fps if last_time is None else frame.timestamp - last_time
-                last_index, last_time = frame.index, frame.timestamp
-                face = self.pipeline.track(frame.image, frame.timestamp)
-                prepared = Prepared(frame, face, self.pipeline.geometry(self.pipeline.pose(face, dt)))
-                with self._ready:
-                    self._latest = prepared
-                    self._ready.notify_all()
+            stage()
         except BaseException as err:  # handed to the GL thread, which decides
-            with self._ready:
-                self._error = err
-                self._ready.notify_all()
+            output.fail(err)
+            self._prepared.fail(err)
+
+    def _track(self) -> None:
+        last_index = -1
+        while not self._stop.is_set():
+            frame = self.capture.latest(after=last_index, timeout=0.1)
+            if frame is not None:
+                last_index = frame.index
+                self._tracked.put(Tracked(frame, self.pipeline.track(frame.image, frame.timestamp)))
+
+    def _pose(self) -> None:
+        last_index, last_time = -1, None
+        while not self._stop.is_set():
+            tracked = self._tracked.get(last_index, timeout=0.1)
+            if tracked is None:
+                continue
+            frame = tracked.frame
+            dt = 1.0 / self.fps if last_time is None else frame.timestamp - last_time
+            last_index, last_time = frame.index, frame.timestamp
+            geometry = self.pipeline.geometry(self.pipeline.pose(tracked.face, dt))
+            self._prepared.put(Prepared(frame, tracked.face, geometry))
 
     def latest(self, after: int, timeout: float) -> Prepared | None:
-        """The newest result for a frame with index > ``after``, waiting up to ``timeout``; None if none came."""
-        with self._ready:
-            self._ready.wait_for(lambda: self._error is not None or (
-                self._latest is not None and self._latest.frame.index > after), timeout=timeout)
-            if self._error is not None:
-                raise self._error
-            return self._latest if self._latest is not None and self._latest.frame.index > after else None
+        """The newest prepared frame with index > ``after``, waiting up to ``timeout``; None if none came."""
+        return self._prepared.get(after, timeout)
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
 
 class LiveLoop:
