@@ -252,10 +252,11 @@ class LiveLoop:
             if self.window is not None and not self._handle_keys(self.window.poll()):
                 return
             wait = min(max(0.0, last_output + self.options.stall_periods * period - time.monotonic()), period)
-            prepared = worker.latest(last_index, wait) if worker is not None else None
-            frame = prepared.frame if prepared is not None else None
-            if worker is None:
-                frame = self.capture.latest(after=last_index, timeout=wait)
+            if worker is not None:
+                prepared = worker.latest(last_index, wait)
+                frame = prepared.frame if prepared is not None else None
+            else:
+                prepared, frame = None, self.capture.latest(after=last_index, timeout=wait)
             if frame is not None:
                 last_index = frame.index
                 self._camera_image = frame.image
