@@ -27,6 +27,7 @@ examples:
   python run.py --identity photo.jpg --source clip.mp4 --record out.mp4 --no-window --no-vcam
                                                          retarget every frame of a clip, offline
   python run.py --list-cameras
+  python run.py --doctor                                 what is missing on this machine, and how to fix it
 
 keys in the preview window: q/Esc quit, r start/stop recording, n take the current face as neutral,
 space pause, h help
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --deca-data: run DECA's networks on compiled engines (tools/build_engine.py) or "
                              "torch; auto picks the best valid engine, else torch")
     parser.add_argument("--list-cameras", action="store_true", help="list the camera devices and exit")
+    parser.add_argument("--doctor", action="store_true",
+                        help="check assets, OpenGL, ffmpeg, cameras, virtual camera, DECA files and engines; "
+                             "print the fix for each problem, and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -218,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
+        if args.doctor:
+            from realtime.doctor import run_doctor
+
+            print("\n".join(check.line() for check in run_doctor(args.deca_data)))
+            return 0
         if args.list_cameras:
             from realtime.capture import list_cameras
 
