@@ -109,6 +109,13 @@ def paint_irises(model: IctModel, material: np.ndarray, iris_color: np.ndarray) 
         material[vertices, :3] = material[vertices, :3] * (1 - iris) + color * iris
 
 
+def atlas_uv(model: IctModel) -> np.ndarray:
+    """(R, 2) render-vertex UVs in the texture atlas: UV tiles 0 (face) and 1 (head and neck) side by side."""
+    uv = model.render_uv.copy()
+    uv[:, 0] /= 2.0  # tiles u in [0, 2) -> atlas [0, 1)
+    return uv
+
+
 def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None) -> AvatarMesh:
     """The drawn triangles with their materials; textured parts sample an atlas of the UV tiles 0 and 1 side by side."""
     material = np.zeros((len(model.render_vertex), 4), np.float32)
@@ -118,12 +125,10 @@ def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None) -> 
         material[vertices, :3] = PART_COLORS[name]
         material[vertices, 3] = 1.0 if name in TEXTURED_PARTS else 0.0
     paint_irises(model, material, np.array((0.32, 0.22, 0.14) if iris_color is None else iris_color, np.float32))
-    uv = model.render_uv.copy()
-    uv[:, 0] /= 2.0  # tiles u in [0, 2) -> atlas [0, 1)
     return AvatarMesh(
         triangles=drawn_triangles(model),
         render_vertex=model.render_vertex,
-        uv=uv,
+        uv=atlas_uv(model),
         material=material,
     )
 

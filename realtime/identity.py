@@ -18,7 +18,7 @@ import moderngl
 import numpy as np
 
 from realtime.assets import sha256_file
-from realtime.avatar import Avatar, blendshape_matrix, build_avatar_mesh
+from realtime.avatar import atlas_uv, blendshape_matrix
 from realtime.errors import UserError
 from realtime.ict_model import IctModel
 from realtime.identity_fit import FitOptions, fit_identity, inter_ocular_distance
@@ -26,6 +26,7 @@ from realtime.images import read_image
 from realtime.landmark_map import DEFAULT_PATH as LANDMARK_MAP_PATH
 from realtime.landmark_map import LandmarkMap
 from realtime.photo_texture import bake_photo, face_region_mask, fill_atlas, iris_color
+from realtime.renderer import VertexNormals
 from realtime.tracker import FaceTracker, FaceTrackerOptions, RunningMode
 
 log = logging.getLogger(__name__)
@@ -90,17 +91,17 @@ def build_identity(photo_path: Path, model: IctModel, ctx: moderngl.Context, lan
     log.info("fitted %s: landmark error %.3f of the inter-ocular distance", photo_path.name, fit.error)
 
     neutral = model.identity_shape(fit.identity)
-    avatar = Avatar(model, neutral)
-    posed, normals = avatar.pose(fit.expression)  # the head as the photo shows it, so texels land where they belong
-    mesh = build_avatar_mesh(model)
-    textured = model.part_mask("face", "head_neck")
+    # the head as the photo shows it, so texels land where they belong; only the skin is baked
+    posed = neutral + np.tensordot(fit.expression, model.expression_basis, axes=1)
+    textured = model.triangles[model.part_mask("face", "head_neck")]
+    normals = VertexNormals(model.render_vertex[textured], model.n_vertices)(posed)
     feather = 0.04 * inter_ocular_distance(face.landmarks)
     atlas = bake_photo(
         ctx,
         posed[model.render_vertex],
         normals[model.render_vertex],
-        model.triangles[textured],
-        mesh.uv,
+        textured,
+        atlas_uv(model),
         photo,
         face_region_mask(face.landmarks, photo.shape, feather),
         fit.photo_projection(),

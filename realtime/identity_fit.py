@@ -34,14 +34,20 @@ class IdentityFit:
 
     def photo_projection(self) -> np.ndarray:
         """(4, 4) model space -> photo pixel x, y (y down) and depth (larger = farther, in pixels)."""
-        matrix = np.eye(4, dtype=np.float32)
-        matrix[:3, :3] = self.scale * np.diag([1.0, -1.0, -1.0]) @ self.rotation
-        matrix[:2, 3] = self.translation
-        return matrix
+        return weak_perspective_projection(self.rotation, self.scale, self.translation)
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """(K, 3) model-space points -> (K, 2) photo pixels."""
         return (points @ self.photo_projection()[:2, :3].T) + self.translation
+
+
+def weak_perspective_projection(rotation: np.ndarray, scale: float, translation: np.ndarray) -> np.ndarray:
+    """(4, 4) model -> photo pixels and depth for ``pixel = scale * [x, -y] of (rotation @ point) + translation``;
+    depth grows away from the camera."""
+    matrix = np.eye(4, dtype=np.float32)
+    matrix[:3, :3] = scale * np.diag([1.0, -1.0, -1.0]) @ rotation
+    matrix[:2, 3] = translation
+    return matrix
 
 
 def inter_ocular_distance(landmarks: np.ndarray) -> float:

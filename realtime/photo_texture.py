@@ -32,8 +32,8 @@ def iris_color(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         c = landmarks[center, :2]
         radius = np.linalg.norm(landmarks[list(ring), :2] - c, axis=1).mean()
         ys, xs = np.mgrid[: photo.shape[0], : photo.shape[1]]
-        ring_mask = (np.hypot(xs - c[0], ys - c[1]) < radius * 0.9) & (np.hypot(xs - c[0], ys - c[1]) > radius * 0.4)
-        samples.append(photo[ring_mask])
+        distance = np.hypot(xs - c[0], ys - c[1])
+        samples.append(photo[(distance > radius * 0.4) & (distance < radius * 0.9)])
     pixels = np.concatenate(samples).astype(np.float32) / 255
     if len(pixels) < 4:
         return np.array((0.32, 0.22, 0.14), np.float32)

@@ -36,7 +36,7 @@ from realtime.deca.flame import (
 )
 from realtime.deca.landmark_fit import ExpressionFitter, FlameLandmarks
 from realtime.errors import UserError
-from realtime.identity_fit import fit_weak_perspective
+from realtime.identity_fit import fit_weak_perspective, weak_perspective_projection
 from realtime.images import read_image
 from realtime.paths import PROJECT_ROOT, cache_dir
 from realtime.photo_texture import bake_photo, face_region_mask
@@ -150,14 +150,6 @@ def full_pose(global_rotation: np.ndarray, jaw: np.ndarray) -> np.ndarray:
     pose = np.zeros(15, np.float32)
     pose[:3], pose[6:9] = global_rotation, jaw
     return pose
-
-
-def weak_perspective_projection(rotation: np.ndarray, scale: float, translation: np.ndarray) -> np.ndarray:
-    """(4, 4) model -> photo pixels and depth for ``pixel = scale * [x, -y] of (rotation @ point) + translation``."""
-    matrix = np.eye(4, dtype=np.float32)
-    matrix[:3, :3] = scale * np.diag([1.0, -1.0, -1.0]) @ rotation
-    matrix[:2, 3] = translation
-    return matrix
 
 
 def fit_photo(model: DecaModel, photo: np.ndarray, face: FaceObservation) -> tuple[dict, FlameIdentity, np.ndarray]:
