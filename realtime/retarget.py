@@ -16,6 +16,7 @@ class RetargetOptions:
     ease_seconds: float = 0.4  # time constant of the ease to neutral when the face is lost
     pickup_seconds: float = 0.12  # time constant of the blend back to the tracked pose when the face returns
     confirm_frames: int = 3  # a face found after a loss counts once seen this many frames in a row (no blips)
+    smoothing: float = 1.0  # strength of the temporal filter on expression and head pose: 0 off, 1 tuned, 2 smoother
 
 
 @dataclass(frozen=True, eq=False)

@@ -62,6 +62,7 @@ class DecaOptions:
     head_pose: bool = True
     background: tuple[float, float, float] = (0.086, 0.094, 0.114)
     ease_seconds: float = 0.4
+    smoothing: float = 1.0  # strength of the temporal filter on the codes and head pose (see RetargetOptions)
 
 
 @dataclass(frozen=True, eq=False)
