@@ -261,6 +261,15 @@ class DecaPipeline:
         tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
         return cls(ctx, model, identity, tracker, options)
 
+    @property
+    def identity_names(self) -> tuple[str, ...]:
+        return (self.options.identity.name,)
+
+    def select_identity(self, index: int) -> None:
+        """This path animates one identity (the command line refuses several)."""
+        if index != 0:
+            raise IndexError(f"identity {index} of 1")
+
     def neutral_pose(self) -> AvatarPose:
         return AvatarPose(np.zeros(N_EXP + N_JAW, np.float32), np.eye(3), tracked=False)
 
