@@ -225,7 +225,9 @@ def _rational(fps: float | Fraction) -> Fraction:
 class _FfmpegEncoder:
     """H.264 via an ffmpeg child fed raw RGB on stdin."""
 
-    def __init__(self, ffmpeg: str, out: Path, fps: float | Fraction, size: tuple[int, int], container: str) -> None:
+    def __init__(
+        self, ffmpeg: str, out: Path, fps: float | Fraction, size: tuple[int, int], container: str, fragmented: bool
+    ) -> None:
         width, height = size
         rate = _rational(fps)
         cmd = [
@@ -239,9 +241,14 @@ class _FfmpegEncoder:
             "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
             "-fps_mode", "passthrough",  # one output frame per input frame: no drops, no duplicates
         ]  # fmt: skip
-        if container in ("mp4", "mov"):
+        if container in ("mp4", "mov") and fragmented:
+            # a self-contained fragment per second (one key frame each): a clip cut short by a full disk or a crash
+            # still plays up to its last complete fragment
+            cmd += ["-g", str(max(1, round(rate))), "-movflags", "+frag_keyframe+empty_moov+default_base_moof"]
+        elif container in ("mp4", "mov"):
             cmd += ["-movflags", "+faststart"]
-        cmd += ["-f", container, str(out)]
+        # "file:" keeps ffmpeg from reading a protocol ("a:b/clip.mp4") or an option ("-clip.mp4") into the name
+        cmd += ["-f", container, f"file:{out}"]
         # stderr goes to a file: a pipe nobody reads could fill up and deadlock ffmpeg and us.
         self.frames = 0
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
@@ -266,6 +273,8 @@ class _FfmpegEncoder:
         except (BrokenPipeError, ValueError) as exc:  # ValueError: stdin already closed
             message = self._last_error()
             self.kill()
+            if "No space left on device" in message:
+                message = f"the disk is full, free some space ({message})"
             raise UserError(f"ffmpeg stopped while writing the clip: {message}") from exc
         self.frames += 1
 
@@ -372,14 +381,22 @@ class ClipWriter:
     ``close()``. ``abort()``, an encoder failure or a clip with no frames leave no file behind. As a context manager
     the clip is finalised on exit whatever happened, Ctrl-C included; a second Ctrl-C while finalising gives up and
     discards the clip.
+
+    ``fragmented=True`` (the live recorder) writes an MP4/MOV in one-second fragments, MKV as it is: when the encoder
+    fails mid-clip (the disk is full), the part written so far plays, so it is moved into place instead of deleted,
+    and the ``UserError`` says where it is (``salvaged`` holds its path).
     """
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int], overwrite: bool = False) -> None:
+    def __init__(
+        self, path: Path, fps: float, size: tuple[int, int], overwrite: bool = False, fragmented: bool = False
+    ) -> None:
         self.path = Path(path)
         self.fps = fps
         self.size = (int(size[0]), int(size[1]))
         self.overwrite = overwrite
+        self.fragmented = fragmented
         self.frames_written = 0
+        self.salvaged: Path | None = None
         if self.path.exists() and not overwrite:
             raise UserError(f"Output {self.path} exists: choose another name or pass --overwrite")
         if not self.path.parent.is_dir():
@@ -397,7 +414,7 @@ class ClipWriter:
         try:
             ffmpeg = shutil.which("ffmpeg")
             if ffmpeg is not None:
-                self._encoder = _FfmpegEncoder(ffmpeg, self._tmp, fps, self.size, container)
+                self._encoder = _FfmpegEncoder(ffmpeg, self._tmp, fps, self.size, container, fragmented)
             else:
                 log.warning(
                     "ffmpeg not found on PATH: writing %s as mp4v with OpenCV (install ffmpeg for H.264)", self.path
@@ -424,9 +441,8 @@ class ClipWriter:
         try:
             with _signals_deferred():
                 encoder.write(np.ascontiguousarray(image))
-        except UserError:
-            self._discard()
-            raise
+        except UserError as err:
+            self._salvage_or_discard(err)
         finally:
             self.frames_written = encoder.frames
 
@@ -441,17 +457,34 @@ class ClipWriter:
             return None
         try:
             encoder.finish()
-        except BaseException:  # a failed ffmpeg, or a second Ctrl-C while waiting for it
+        except UserError as err:  # ffmpeg failed at the end (the disk filled up while it flushed)
+            self._salvage_or_discard(err)
+        except BaseException:  # a second Ctrl-C while waiting for ffmpeg
             self._discard()
             raise
         self._encoder = None
+        target = self._move_into_place()
+        log.info("wrote %d frames to %s", self.frames_written, target)
+        return target
+
+    def _move_into_place(self) -> Path:
         target = self.path
         if target.exists() and not self.overwrite:
             target = next_free_path(self.path)
             log.warning("%s appeared while recording: saving the clip as %s instead", self.path, target)
         os.replace(self._tmp, target)
-        log.info("wrote %d frames to %s", self.frames_written, target)
         return target
+
+    def _salvage_or_discard(self, err: UserError) -> None:
+        """After an encoder failure: keep a fragmented clip's playable part, or delete the clip; raise either way."""
+        encoder, self._encoder = self._encoder, None
+        if encoder is not None:
+            encoder.kill()
+        if not (self.fragmented and self.frames_written > 0 and self._tmp.stat().st_size > 0):
+            self._discard()
+            raise err
+        self.salvaged = self._move_into_place()
+        raise UserError(f"{err}; the part recorded before it is kept in {self.salvaged}") from err
 
     def abort(self) -> None:
         """Stop encoding and delete what was written. Safe to call more than once."""
@@ -506,7 +539,7 @@ def probe_video(path: Path) -> VideoInfo:
     cmd = [
         ffprobe, "-v", "error", "-select_streams", "v:0", "-count_frames",
         "-show_entries", "stream=codec_name,width,height,r_frame_rate,avg_frame_rate,nb_read_frames",
-        "-of", "json", str(path),
+        "-of", "json", f"file:{path}",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     streams = json.loads(result.stdout or "{}").get("streams") if result.returncode == 0 else None
