@@ -75,7 +75,7 @@ class Recorder:
         return time.monotonic() - self._started if self._writer is not None else 0.0
 
     def start(self, path: Path) -> Path:
-        self._writer = ClipWriter(path, self.fps, self.size, overwrite=self.overwrite)
+        self._writer = ClipWriter(path, self.fps, self.size, overwrite=self.overwrite, fragmented=True)
         self._started = time.monotonic()
         log.info("recording to %s", path)
         return path
