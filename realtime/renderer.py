@@ -24,9 +24,10 @@ def create_context(backend: str | None = "egl") -> moderngl.Context:
             return moderngl.create_standalone_context(require=330)
         return moderngl.create_standalone_context(require=330, backend=backend)
     except Exception as err:  # glcontext raises plain Exceptions for a missing libEGL or driver
+        reason = " ".join(str(err).split()) or type(err).__name__
         raise UserError(
-            f"could not create an OpenGL context ({backend or 'default'}: {err}); on Debian/Ubuntu install "
-            f"`apt-get install {GL_PACKAGES}`"
+            f"could not create an OpenGL 3.3 context ({backend or 'default'}: {reason}): the OpenGL/EGL system "
+            f"libraries are missing or unusable; on Debian/Ubuntu install them with `apt-get install {GL_PACKAGES}`"
         ) from err
 
 
