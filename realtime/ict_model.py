@@ -10,6 +10,7 @@ Coordinates are centimetres, +y up, the face looking down +z, the subject's left
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,8 +183,9 @@ class IctModel:
                     triangles=data["triangles"],
                     triangle_part=data["triangle_part"],
                 )
-        except (OSError, KeyError, ValueError) as err:
-            raise UserError(f"{path} is not a valid converted ICT model ({err}): "
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:  # damaged, truncated, foreign
+            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            raise UserError(f"{path} is not a valid converted ICT model ({reason}): "
                             "run `python tools/fetch_assets.py --force`") from err
 
     @property
