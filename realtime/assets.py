@@ -121,12 +121,15 @@ def fetch_all(dest: Path | None = None, mirror: str | Path | None = None, force:
 
     ``mirror`` is a directory or an http(s) base URL laid out like ``../shared/assets``; None means
     ``$RETARGET_ASSET_MIRROR`` if set, else the official upstream URLs. Already present, valid assets are skipped
-    unless ``force``.
+    unless ``force``. SIGTERM, like Ctrl-C, raises ``KeyboardInterrupt``, so that no temporary file is left behind.
     """
+    from realtime.video_io import interrupt_on_sigterm
+
     dest = dest or assets_dir()
-    fetch_face_landmarker(dest, mirror, force)
-    fresh_source = fetch_ict_facekit(dest, mirror, force)
-    convert_ict_model(dest, force=force or fresh_source)
+    with interrupt_on_sigterm():
+        fetch_face_landmarker(dest, mirror, force)
+        fresh_source = fetch_ict_facekit(dest, mirror, force)
+        convert_ict_model(dest, force=force or fresh_source)
 
 
 def fetch_face_landmarker(

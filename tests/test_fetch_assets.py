@@ -273,7 +273,9 @@ def test_timeout(tmp_path: Path) -> None:
     assert _leftovers(dest) == []
 
 
-def test_ctrl_c_mid_download_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.faults
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_download_leaves_nothing(tmp_path: Path, stop: signal.Signals) -> None:
     mirror = _mirror_with_task(tmp_path / "mirror")
     dest = tmp_path / "assets"
     with _serve(mirror, {"/" + FACE_LANDMARKER.mirror_path: "slow"}) as url:
@@ -287,11 +289,29 @@ def test_ctrl_c_mid_download_leaves_nothing(tmp_path: Path) -> None:
         while not [p for p in _leftovers(dest) if p.endswith(".part")] and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)  # let it receive the first half
-        tool.send_signal(signal.SIGINT)
+        tool.send_signal(stop)
         _, stderr = tool.communicate(timeout=30)
     assert tool.returncode == 130
     assert stderr.strip().startswith("interrupted") and len(stderr.strip().splitlines()) == 1, stderr
     assert _leftovers(dest) == []
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_conversion_leaves_no_model(fetched: Path, tmp_path: Path, stop: signal.Signals) -> None:
+    dest = tmp_path / "assets"
+    shutil.copytree(fetched, dest, ignore=shutil.ignore_patterns(ICT_MODEL_NAME))
+    before = _leftovers(dest)
+    tool = subprocess.Popen([sys.executable, str(TOOL), "--mirror", str(tmp_path / "no-mirror"), "--dest", str(dest)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not [p for p in _leftovers(dest) if p.endswith(".part.npz")] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    tool.send_signal(stop)
+    _, stderr = tool.communicate(timeout=60)
+    assert tool.returncode == 130, stderr
+    assert stderr.strip().startswith("interrupted") and len(stderr.strip().splitlines()) == 1, stderr
+    assert _leftovers(dest) == before  # no model, no temporary file
 
 
 def test_an_invalid_task_in_place_is_fetched_again(tmp_path: Path) -> None:
