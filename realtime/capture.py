@@ -49,6 +49,7 @@ _MAX_LAG_S = 0.5  # a file this far behind its schedule (machine busy, process s
 _SLICE_S = 0.25  # longest uninterrupted sleep, so an unclosed capture still notices interpreter shutdown
 _JOIN_TIMEOUT_S = 10.0
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+FILE_PROTOCOL = "file:"
 
 
 @dataclass(frozen=True)
@@ -167,12 +168,13 @@ class _Source:
 
 
 def _parse_source(source: str) -> _Source:
-    source = source.strip()
-    if source.isdigit():
-        return _Source("camera", int(source), f"camera {int(source)}")
-    if _URL.match(source):
-        return _Source("stream", source, f"stream {_without_password(source)}")
-    return _Source("file", source, f"video file {source}")
+    stripped = source.strip()
+    if stripped.isdigit():
+        return _Source("camera", int(stripped), f"camera {int(stripped)}")
+    if _URL.match(stripped):
+        return _Source("stream", stripped, f"stream {_without_password(stripped)}")
+    # a path as given; "file:" keeps FFmpeg from reading a protocol into it ("a:b/clip.mp4")
+    return _Source("file", FILE_PROTOCOL + source, f"video file {source}")
 
 
 def _without_password(url: str) -> str:
@@ -219,7 +221,7 @@ def _try_open(open_dev: DeviceOpener, source: _Source, options: CaptureOptions) 
 def _open_or_explain(open_dev: DeviceOpener, source: _Source, options: CaptureOptions) -> tuple[Device, np.ndarray]:
     """``_try_open``, turning a failure into a ``UserError`` that says what to do."""
     if source.kind == "file":
-        path = Path(source.target)
+        path = Path(str(source.target).removeprefix(FILE_PROTOCOL))
         if not path.exists():
             raise UserError(f"{source.name} not found: check the path, or give a webcam index like --source 0")
         if not path.is_file():

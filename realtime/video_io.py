@@ -111,7 +111,7 @@ class VideoFileSource:
             raise UserError(f"Video {self.path} not found: check the path")
         if not self.path.is_file():
             raise UserError(f"Video {self.path} could not be read as a video: it is not a file")
-        capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        capture = cv2.VideoCapture(f"file:{self.path}", cv2.CAP_FFMPEG)  # never a protocol ("a:b/clip.mp4")
         try:
             if not capture.isOpened():
                 raise UserError(
