@@ -8,66 +8,78 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from realtime.config import (
+    STYLES,
+    default_config_path,
+    load_config,
+    parse_color,
+    parse_fps,
+    parse_size,
+    parse_smoothing,
+    write_config,
+)
 from realtime.errors import UserError
 
 log = logging.getLogger("realtime")
 
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MAX_IDENTITIES = 9  # one per number key
+
 EXAMPLES = """\
 examples:
-  python run.py --identity photo.jpg                     webcam 0 -> preview window + virtual camera
-  python run.py --identity photo.jpg --source 1 --record call.mp4 --no-window
+  realtime-retarget --identity photo.jpg                 webcam 0 -> preview window + virtual camera
+  realtime-retarget --identity me.jpg --identity faces/  several identities: keys 1-9 switch between them live
+  realtime-retarget --identity photo.jpg --source 1 --size 1280x720 --fps 30 --mirror
+                                                         webcam 1 at 1280x720, 30 fps, seen as in a mirror
+  realtime-retarget --identity photo.jpg --source 1 --record call.mp4 --no-window
                                                          webcam 1 -> virtual camera, recorded from the start
-  python run.py --identity photo.jpg --source clip.mp4 --record out.mp4 --no-window --no-vcam
+  realtime-retarget --identity photo.jpg --source clip.mp4 --record out.mp4 --no-window --no-vcam
                                                          retarget every frame of a clip, offline
-  python run.py --list-cameras
-  python run.py --doctor                                 what is missing on this machine, and how to fix it
+  realtime-retarget --identity photo.jpg --source clip.mp4 --record out.mp4 --overwrite --no-window -v
+                                                         the same, replacing out.mp4, with debug logging
+  realtime-retarget --identity photo.jpg --source clip.mp4 --live --loop --no-vcam
+                                                         play a clip as if it were a webcam, again and again
+  realtime-retarget --identity photo.jpg --background beach.jpg --smoothing 2 --no-head-pose
+                                                         an image behind the avatar, calmer motion, facing ahead
+  realtime-retarget --identity photo.jpg --hold-when-lost --no-cache
+                                                         keep the last expression when the face is lost; prepare
+                                                         the photo again instead of using the cache
+  realtime-retarget --identity photo.jpg --deca-data DECA/data --style shape --backend onnxruntime
+                                                         the FLAME + DECA avatar (your own DECA files), grey
+  realtime-retarget --identity photo.jpg --deca-data DECA/data --no-detail
+                                                         FLAME + DECA without the per-frame detail
+  realtime-retarget --identity photo.jpg --source 1 --size 1280x720 --write-config
+                                                         save these settings; later runs start from them
+  realtime-retarget --config work.toml                   use another settings file
+  realtime-retarget --list-cameras
+  realtime-retarget --doctor                             what is missing on this machine, and how to fix it
+(python run.py works the same as realtime-retarget)
+
+settings file: %(config)s ($XDG_CONFIG_HOME is respected), TOML, keys identity, source, size, fps, background,
+style, smoothing, virtual_camera, mirror, head_pose, hold_when_lost, deca_data; the command line overrides it
 
 keys in the preview window: q/Esc quit, r start/stop recording, n take the current face as neutral,
-space pause, h help
+1-9 switch identity, space pause, h help
 """
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)[xX](\d+)", text.strip())
-    if not match or not (16 <= int(match[1]) <= 7680 and 16 <= int(match[2]) <= 4320):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 640x480 (16 to 7680 x 4320)")
-    return int(match[1]), int(match[2])
-
-
-def parse_fps(text: str) -> float:
-    try:
-        fps = float(text)
-    except ValueError:
-        fps = 0.0
-    if not 1 <= fps <= 240:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a frame rate from 1 to 240")
-    return fps
-
-
-def parse_color(text: str) -> tuple[float, float, float] | None:
-    """An RGB colour in [0, 1] from '#rrggbb', or None if ``text`` is not one (then it names an image)."""
-    match = re.fullmatch(r"#?([0-9a-fA-F]{6})", text.strip())
-    if not match:
-        return None
-    return tuple(int(match[1][i : i + 2], 16) / 255 for i in (0, 2, 4))  # type: ignore[return-value]
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config_path: Path | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="realtime-retarget",
         description="Make a 3D avatar built from one photo perform the expressions of a face on a webcam or in a clip.",
-        epilog=EXAMPLES,
+        epilog=EXAMPLES % {"config": config_path or default_config_path()},
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--identity", type=Path, metavar="PHOTO",
-                        help="photo of the face to animate (JPEG/PNG, one roughly frontal face)")
+    parser.add_argument("--identity", type=Path, action="append", metavar="PHOTO|FOLDER",
+                        help="photo of the face to animate (JPEG/PNG, one roughly frontal face); give it several "
+                             f"times or name a folder of photos for up to {MAX_IDENTITIES} identities, switched "
+                             "live with the number keys")
     parser.add_argument("--source", default="0", metavar="CAMERA|CLIP|URL",
                         help="webcam index (default 0), a video file, or a stream URL that drives the avatar")
     parser.add_argument("--record", type=Path, metavar="OUT.mp4",
@@ -76,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
     parser.add_argument("--no-window", action="store_true",
                         help="no preview window; with a clip source: render every frame offline")
-    parser.add_argument("--no-vcam", action="store_true", help="do not send frames to a virtual camera")
+    parser.add_argument("--vcam", action=argparse.BooleanOptionalAction, default=True,
+                        help="send frames to a virtual camera (--no-vcam: do not)")
     parser.add_argument("--live", action="store_true",
                         help="play a clip source in real time through the live loop even with --no-window")
     parser.add_argument("--loop", action="store_true", help="live mode: start a clip source again at its end")
@@ -84,28 +97,84 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output size, also requested from the camera (default 640x480)")
     parser.add_argument("--fps", type=parse_fps, metavar="FPS",
                         help="output rate, also requested from the camera (default: the camera's rate)")
-    parser.add_argument("--no-head-pose", action="store_true", help="keep the avatar facing the camera")
-    parser.add_argument("--mirror", action="store_true", help="swap left and right (a mirrored driver)")
-    parser.add_argument("--hold-when-lost", action="store_true",
+    parser.add_argument("--head-pose", action=argparse.BooleanOptionalAction, default=True,
+                        help="follow the driver's head rotation (--no-head-pose: keep the avatar facing the camera)")
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=False,
+                        help="swap left and right (a mirrored driver)")
+    parser.add_argument("--hold-when-lost", action=argparse.BooleanOptionalAction, default=False,
                         help="keep the last expression while the face is lost (default: ease to neutral)")
+    parser.add_argument("--smoothing", type=parse_smoothing, default=1.0, metavar="S",
+                        help="strength of the temporal filter on expression and head motion: 0 off, 1 the tuned "
+                             "default, 2 or more calmer but slower to follow")
     parser.add_argument("--background", default="#16181d", metavar="COLOR|IMAGE",
                         help="background colour (#rrggbb) or image file (default #16181d)")
     parser.add_argument("--no-cache", action="store_true", help="prepare the identity again instead of reusing it")
     parser.add_argument("--deca-data", type=Path, metavar="DIR",
                         help="your DECA data/ folder (deca_model.tar, generic_model.pkl, head_template.obj, ...): "
                              "animate the identity's FLAME head with DECA's detail instead of the ICT head")
-    parser.add_argument("--style", choices=("textured", "shape"), default="textured",
+    parser.add_argument("--style", choices=STYLES, default="textured",
                         help="with --deca-data: the photo texture under the identity's light, or DECA's grey shape")
     parser.add_argument("--no-detail", action="store_true", help="with --deca-data: no per-frame DECA detail")
     parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "torch"), default="auto",
                         help="with --deca-data: run DECA's networks on compiled engines (tools/build_engine.py) or "
                              "torch; auto picks the best valid engine, else torch")
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        help=f"settings file (TOML) to start from (default {config_path or default_config_path()}, "
+                             "if it exists); the command line overrides it")
+    parser.add_argument("--write-config", action="store_true",
+                        help="save this command line's settings (identity, source, size, fps, background, style, "
+                             "smoothing, virtual camera, mirror, head pose, ...) to the settings file, and exit")
     parser.add_argument("--list-cameras", action="store_true", help="list the camera devices and exit")
     parser.add_argument("--doctor", action="store_true",
                         help="check assets, OpenGL, ffmpeg, cameras, virtual camera, DECA files and engines; "
                              "print the fix for each problem, and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options: built-in defaults, overridden by the settings file, overridden by the command line.
+
+    ``args.config`` is the settings file read (or to write, with --write-config), None if there is none;
+    ``args.identity`` is a list of the identity paths given (empty if none).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    locate = argparse.ArgumentParser(add_help=False)
+    locate.add_argument("--config", type=Path)
+    locate.add_argument("--write-config", action="store_true")
+    locate.add_argument("-h", "--help", action="store_true")
+    early = locate.parse_known_args(argv)[0]
+    path = early.config if early.config is not None else default_config_path()
+    parser = build_parser(path)
+    read = not early.help and (path.is_file() or (early.config is not None and not early.write_config))
+    settings = load_config(path) if read else {}
+    identities = settings.pop("identity", [])
+    parser.set_defaults(**settings)
+    args = parser.parse_args(argv)
+    args.config = path if read or args.write_config else None
+    if not args.identity:  # the command line's identities replace the file's, not add to them
+        args.identity = identities
+    return args
+
+
+def identity_photos(paths: list[Path]) -> list[Path]:
+    """The photos in ``paths``, a folder standing for its photos (sorted by name); at most `MAX_IDENTITIES`."""
+    photos = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
+            if not found:
+                raise UserError(f"identity folder {path} holds no photos ({', '.join(PHOTO_SUFFIXES)}): add some "
+                                "or name a photo")
+            photos += found
+        elif path.is_file():
+            photos.append(path)
+        else:
+            raise UserError(f"identity photo {path} not found: check the path")
+    if len(photos) > MAX_IDENTITIES:
+        raise UserError(f"{len(photos)} identity photos: at most {MAX_IDENTITIES} (one per number key); "
+                        "name fewer photos or a smaller folder")
+    return photos
 
 
 def setup_logging(verbose: bool) -> None:
@@ -122,25 +191,31 @@ def is_clip(source: str) -> bool:
 
 
 def build_pipeline(args: argparse.Namespace, ctx=None):  # -> RetargetPipeline | DecaPipeline (imported lazily)
-    """The embedded default, or the FLAME + DECA avatar with --deca-data."""
+    """The embedded default, or the FLAME + DECA avatar with --deca-data, for ``args.identity`` (the first shown)."""
     color = parse_color(args.background)
+    first, *more = args.identity
     if args.deca_data is not None:
         from realtime.deca.pipeline import DecaOptions, DecaPipeline
 
         if color is None:
             raise UserError("--background IMAGE is not available with --deca-data yet: give a colour like #223344")
-        return DecaPipeline.create(DecaOptions(identity=args.identity, deca_data=args.deca_data, size=args.size,
+        if more:
+            raise UserError(f"--deca-data animates one identity, {len(args.identity)} were given: name one photo "
+                            "(switching identities works on the default path)")
+        return DecaPipeline.create(DecaOptions(identity=first, deca_data=args.deca_data, size=args.size,
                                                style=args.style, detail=not args.no_detail, backend=args.backend,
-                                               head_pose=not args.no_head_pose, background=color), ctx)
+                                               head_pose=args.head_pose, background=color,
+                                               smoothing=args.smoothing), ctx)
     from realtime.pipeline import PipelineOptions, RetargetPipeline
     from realtime.renderer import RenderOptions
     from realtime.retarget import RetargetOptions
 
     options = PipelineOptions(
-        identity=args.identity,
+        identity=first,
+        more_identities=tuple(more),
         render=RenderOptions(size=args.size, **({"background": color} if color else {})),
-        retarget=RetargetOptions(head_pose=not args.no_head_pose, mirrored=args.mirror,
-                                 hold_when_lost=args.hold_when_lost),
+        retarget=RetargetOptions(head_pose=args.head_pose, mirrored=args.mirror, hold_when_lost=args.hold_when_lost,
+                                 smoothing=args.smoothing),
         background_image=None if color else Path(args.background),
         use_cache=not args.no_cache,
     )
@@ -168,6 +243,10 @@ def run_offline(args: argparse.Namespace) -> int:
         raise UserError("nothing to write: add --record OUT.mp4 to retarget a clip offline")
     check_record_path(args)
 
+    if len(args.identity) > 1:
+        log.warning("offline, one identity is rendered: %s (the number keys switch identities in the live preview)",
+                    args.identity[0])
+        args.identity = args.identity[:1]
     started = time.perf_counter()
     pipeline = build_pipeline(args)
     try:
@@ -202,7 +281,7 @@ def run_live(args: argparse.Namespace) -> int:
         capture = stack.enter_context(Capture.create_from_options(
             CaptureOptions(source=args.source, size=args.size, fps=args.fps, loop=args.loop)))
         fps = args.fps or capture.fps
-        camera = None if args.no_vcam else VirtualCamera.open(args.size, fps)
+        camera = VirtualCamera.open(args.size, fps) if args.vcam else None
         if camera is not None:
             stack.callback(camera.close)
         if camera is None and window is None and args.record is None:
@@ -219,9 +298,15 @@ def run_live(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
     try:
+        args = parse_args(argv)
+        setup_logging(args.verbose)
+        if args.write_config:
+            write_config(args.config, args)
+            print(f"wrote {args.config}")
+            return 0
+        if args.config is not None:
+            log.info("settings from %s", args.config)
         if args.doctor:
             from realtime.doctor import run_doctor
 
@@ -232,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(list_cameras()) or "no camera devices found")
             return 0
-        if args.identity is None:
-            raise UserError("which face? pass --identity PHOTO (a JPEG or PNG of one face)")
+        if not args.identity:
+            raise UserError("which face? pass --identity PHOTO (a JPEG or PNG of one face), or set identity in "
+                            f"{default_config_path()}")
+        args.identity = identity_photos(args.identity)
         if is_clip(args.source) and args.no_window and not args.live:
             return run_offline(args)
         return run_live(args)

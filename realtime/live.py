@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from realtime.capture import Capture, CapturedFrame
 from realtime.errors import UserError
 from realtime.pipeline import AvatarGeometry, Pipeline
+from realtime.retarget import AvatarPose
 from realtime.video_io import ClipWriter, interrupt_on_sigterm, next_free_path
 from realtime.virtual_camera import VirtualCamera
 from realtime.window import Key, Overlay, PreviewWindow
@@ -109,6 +111,7 @@ class Prepared:
 
     frame: CapturedFrame
     face: object | None
+    pose: AvatarPose
     geometry: AvatarGeometry
 
 
@@ -185,8 +188,8 @@ class TrackingWorker:
             frame = tracked.frame
             dt = 1.0 / self.fps if last_time is None else frame.timestamp - last_time
             last_index, last_time = frame.index, frame.timestamp
-            geometry = self.pipeline.geometry(self.pipeline.pose(tracked.face, dt))
-            self._prepared.put(Prepared(frame, tracked.face, geometry))
+            pose = self.pipeline.pose(tracked.face, dt)
+            self._prepared.put(Prepared(frame, tracked.face, pose, self.pipeline.geometry(pose)))
 
     def latest(self, after: int, timeout: float) -> Prepared | None:
         """The newest prepared frame with index > ``after``, waiting up to ``timeout``; None if none came."""
@@ -220,7 +223,10 @@ class LiveLoop:
         self._message: tuple[str, float] | None = None
         self._last_face: object | None = None  # what pipeline.track returned last
         self._camera_image: np.ndarray | None = None
-        self._avatar = pipeline.render_pose(pipeline.neutral_pose())
+        self._thumbnails = identity_thumbnails(pipeline)
+        self._identity = 0  # the selected identity
+        self._pose = pipeline.neutral_pose()  # the last pose drawn: redrawn at once when the identity changes
+        self._avatar = pipeline.render_pose(self._pose)
         self._tracking = False
 
     def run(self) -> LiveStats:
@@ -266,7 +272,8 @@ class LiveLoop:
                     if prepared is None:
                         dt = period if last_capture_time is None else frame.timestamp - last_capture_time
                         face = self.pipeline.track(frame.image, frame.timestamp)
-                        prepared = Prepared(frame, face, self.pipeline.geometry(self.pipeline.pose(face, dt)))
+                        pose = self.pipeline.pose(face, dt)
+                        prepared = Prepared(frame, face, pose, self.pipeline.geometry(pose))
                     self._draw(prepared)
                     self._emit(captured_at=frame.timestamp)
                 last_capture_time = frame.timestamp
@@ -283,6 +290,7 @@ class LiveLoop:
 
     def _draw(self, prepared: Prepared) -> None:
         self._avatar = self.pipeline.draw(prepared.geometry)
+        self._pose = prepared.pose
         self._last_face, self._tracking = prepared.face, prepared.face is not None
         self.stats.frames_rendered += 1
         self.stats.frames_with_face += prepared.face is not None
@@ -318,6 +326,8 @@ class LiveLoop:
             paused=self.paused,
             show_help=self.show_help,
             message=message,
+            thumbnails=self._thumbnails,
+            identity=self._identity,
         )
 
     def _say(self, message: str) -> None:
@@ -343,9 +353,40 @@ class LiveLoop:
                     self._say("neutral face calibrated")
                 else:
                     self._say("no face to calibrate: look at the camera and press n again")
+            elif key.identity_index is not None:
+                self._select_identity(key.identity_index)
             elif key is Key.HELP:
                 self.show_help = not self.show_help
             elif key is Key.PAUSE:
                 self.paused = not self.paused
                 self._say("paused" if self.paused else "resumed")
         return True
+
+    def _select_identity(self, index: int) -> None:
+        """Switch to a prepared identity and redraw the current pose with it (the outputs show it at once)."""
+        names = self.pipeline.identity_names
+        if index >= len(names):
+            keys = "key 1" if len(names) == 1 else f"keys 1-{len(names)}"
+            self._say(f"no identity {index + 1}: {len(names)} prepared ({keys}); give more with --identity")
+            return
+        self.pipeline.select_identity(index)
+        self._identity = index
+        self._avatar = self.pipeline.render_pose(self._pose)
+        self._say(f"identity {index + 1}: {names[index]}")
+
+
+def identity_thumbnails(pipeline: Pipeline) -> tuple[np.ndarray, ...]:
+    """Each prepared identity's neutral face, a square around the head; none for a single identity (GL thread)."""
+    if len(pipeline.identity_names) < 2:
+        return ()
+    thumbnails = []
+    for index in range(len(pipeline.identity_names)):
+        pipeline.select_identity(index)
+        image = pipeline.render_pose(pipeline.neutral_pose())
+        height, width = image.shape[:2]
+        side = round(0.7 * height)  # the head fills the middle of the frame (RenderOptions.framing_height)
+        top, left = (height - side) // 2, (width - side) // 2
+        thumbnails.append(cv2.resize(image[top : top + side, left : left + side], (128, 128),
+                                     interpolation=cv2.INTER_AREA))
+    pipeline.select_identity(0)
+    return tuple(thumbnails)

@@ -4,6 +4,10 @@
     face = pipeline.track(rgb, timestamp)                  # MediaPipe       } may run on a worker thread,
     geometry = pipeline.geometry(pipeline.pose(face, dt))  # retarget, mesh  } in frame order
     image = pipeline.draw(geometry)                        # ModernGL, on the GL thread
+
+With ``more_identities``, every identity is prepared at the start (each with its own renderer holding its texture and
+eye colours on the GPU), and `select_identity` switches between them at once, from any thread: the next geometry is
+posed on the selected head, and each geometry is drawn with the identity it was posed for.
 """
 
 import logging
@@ -13,6 +17,7 @@ from typing import Any, Protocol
 
 import moderngl
 import numpy as np
+from tqdm import tqdm
 
 from realtime import assets
 from realtime.avatar import Avatar, build_avatar_mesh
@@ -31,7 +36,8 @@ HEAD_PIVOT = np.array([0.0, -2.0, -1.0], np.float32)  # roughly where the head t
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    identity: Path
+    identity: Path  # the identity shown first
+    more_identities: tuple[Path, ...] = ()  # prepared at the start too; `RetargetPipeline.select_identity` switches
     render: RenderOptions = field(default_factory=RenderOptions)
     retarget: RetargetOptions = field(default_factory=RetargetOptions)
     background_image: Path | None = None
@@ -43,7 +49,9 @@ class Pipeline(Protocol):
     """What the offline and live loops drive: this module's `RetargetPipeline` or `realtime.deca.pipeline`'s."""
 
     renderer: AvatarRenderer
+    identity_names: tuple[str, ...]  # the prepared identities, in the order select_identity numbers them
 
+    def select_identity(self, index: int) -> None: ...
     def neutral_pose(self) -> AvatarPose: ...
     def calibrate_neutral(self, face: Any) -> None: ...
     def track(self, rgb: np.ndarray, timestamp: float) -> Any | None: ...
@@ -61,6 +69,20 @@ class AvatarGeometry:
     model_matrix: np.ndarray  # (4, 4) head rotation about the neck
 
 
+@dataclass(frozen=True, eq=False)
+class IdentityGeometry(AvatarGeometry):
+    identity: int = 0  # the prepared identity it was posed for, and is drawn with
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedIdentity:
+    """An identity ready to be shown: its head to pose, and a renderer holding its texture and materials."""
+
+    identity: Identity
+    avatar: Avatar
+    renderer: AvatarRenderer
+
+
 def model_matrix(rotation: np.ndarray, pivot: np.ndarray = HEAD_PIVOT) -> np.ndarray:
     """(4, 4) rotation about ``pivot``."""
     matrix = np.eye(4, dtype=np.float32)
@@ -70,25 +92,23 @@ def model_matrix(rotation: np.ndarray, pivot: np.ndarray = HEAD_PIVOT) -> np.nda
 
 
 class RetargetPipeline:
-    """Tracker, retargeter, avatar and renderer for one identity. Create and use it on the GL thread."""
+    """Tracker, retargeter, and the avatars and renderers of one or more identities. Create it on the GL thread."""
 
     def __init__(
         self,
         ctx: moderngl.Context,
         model: IctModel,
-        identity: Identity,
+        identities: list[PreparedIdentity],
         tracker: FaceTracker,
-        renderer: AvatarRenderer,
         options: PipelineOptions,
     ) -> None:
         self.ctx = ctx
         self.model = model
-        self.identity = identity
+        self.identities = identities
         self.tracker = tracker
-        self.renderer = renderer
         self.options = options
-        self.avatar = Avatar(model, identity.vertices)
         self.retargeter = Retargeter(model.expression_names, options.retarget)
+        self.selected = 0
 
     @classmethod
     def create(cls, options: PipelineOptions, ctx: moderngl.Context | None = None) -> "RetargetPipeline":
@@ -96,16 +116,47 @@ class RetargetPipeline:
         assets.face_landmarker_path()  # fail early, with the fix, if the tracker model is missing
         model = IctModel.load(model_path)
         ctx = ctx or create_context(options.gl_backend)
-        identity = prepare_identity(
-            options.identity, model, model_path, ctx, cache_dir() / "identities" if options.use_cache else None
-        )
         background = None
         if options.background_image is not None:
             background = read_image(options.background_image, "background image")
-        renderer = AvatarRenderer(ctx, build_avatar_mesh(model, identity.iris_color), identity.albedo,
-                                  options.render, background)
-        tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
-        return cls(ctx, model, identity, tracker, renderer, options)
+        photos = (options.identity, *options.more_identities)
+        identities: list[PreparedIdentity] = []
+        try:
+            for photo in tqdm(photos, desc="Preparing identities", unit="identity", disable=None):
+                identity = prepare_identity(
+                    photo, model, model_path, ctx, cache_dir() / "identities" if options.use_cache else None
+                )
+                renderer = AvatarRenderer(ctx, build_avatar_mesh(model, identity.iris_color), identity.albedo,
+                                          options.render, background)
+                identities.append(PreparedIdentity(identity, Avatar(model, identity.vertices), renderer))
+            tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
+        except BaseException:
+            for prepared in identities:
+                prepared.renderer.release()
+            raise
+        return cls(ctx, model, identities, tracker, options)
+
+    @property
+    def identity_names(self) -> tuple[str, ...]:
+        return tuple(prepared.identity.name for prepared in self.identities)
+
+    def select_identity(self, index: int) -> None:
+        """Show prepared identity ``index`` (0-based) from the next posed frame on; any thread."""
+        if not 0 <= index < len(self.identities):
+            raise IndexError(f"identity {index} of {len(self.identities)}")
+        self.selected = index
+
+    @property
+    def identity(self) -> Identity:
+        return self.identities[self.selected].identity
+
+    @property
+    def avatar(self) -> Avatar:
+        return self.identities[self.selected].avatar
+
+    @property
+    def renderer(self) -> AvatarRenderer:
+        return self.identities[self.selected].renderer
 
     def neutral_pose(self) -> AvatarPose:
         return AvatarPose(np.zeros(len(self.model.expression_names), np.float32), np.eye(3), tracked=False)
@@ -120,14 +171,16 @@ class RetargetPipeline:
     def pose(self, face: FaceObservation | None, dt: float) -> AvatarPose:
         return self.retargeter.update(face, dt)
 
-    def geometry(self, pose: AvatarPose) -> AvatarGeometry:
-        """The posed mesh (numpy only: may run on a worker thread)."""
-        vertices, normals = self.avatar.pose(pose.expression)
-        return AvatarGeometry(vertices, normals, model_matrix(pose.rotation))
+    def geometry(self, pose: AvatarPose) -> IdentityGeometry:
+        """The selected identity's posed mesh (numpy only: may run on a worker thread)."""
+        selected = self.selected
+        vertices, normals = self.identities[selected].avatar.pose(pose.expression)
+        return IdentityGeometry(vertices, normals, model_matrix(pose.rotation), identity=selected)
 
     def draw(self, geometry: AvatarGeometry) -> np.ndarray:
-        """The avatar image (H, W, 3) uint8 RGB (on the GL thread)."""
-        return self.renderer.render(geometry.vertices, geometry.normals, geometry.model_matrix)
+        """The avatar image (H, W, 3) uint8 RGB (on the GL thread), with the identity the geometry was posed for."""
+        index = geometry.identity if isinstance(geometry, IdentityGeometry) else self.selected
+        return self.identities[index].renderer.render(geometry.vertices, geometry.normals, geometry.model_matrix)
 
     def render_pose(self, pose: AvatarPose) -> np.ndarray:
         return self.draw(self.geometry(pose))
@@ -138,4 +191,5 @@ class RetargetPipeline:
 
     def close(self) -> None:
         self.tracker.close()
-        self.renderer.release()
+        for prepared in self.identities:
+            prepared.renderer.release()

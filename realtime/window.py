@@ -2,7 +2,8 @@
 
 The window owns a glfw window with an OpenGL 3.3 core context and exposes it as ``window.ctx`` so that the avatar
 renderer is created on that same context (it draws into its own framebuffer). Each frame is composited on the CPU
-(letterboxed images, overlay text drawn with OpenCV), uploaded to a texture and drawn with one full-screen quad.
+(`compose`: letterboxed images, overlay text drawn with OpenCV, identity thumbnails), uploaded to a texture and drawn
+with one full-screen quad.
 Everything here, as every GL call of the app, runs on the thread that created the window.
 """
 
@@ -11,7 +12,7 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import cv2
@@ -32,6 +33,7 @@ HELP_LINES = (  # key, what it does
     ("q / Esc", "quit"),
     ("r", "start / stop recording"),
     ("n", "calibrate neutral (look ahead, relax)"),
+    ("1 - 9", "switch identity"),
     ("space", "pause / resume"),
     ("h", "show / hide this help"),
 )
@@ -50,6 +52,10 @@ class Overlay:
     paused: bool = False
     show_help: bool = False
     message: str | None = None  # a transient line, e.g. "neutral calibrated" or "saved out-1.mp4"
+    # one small picture per identity along the bottom of the avatar half (none for a single identity), numbered as
+    # their keys; the active one is outlined
+    thumbnails: tuple[np.ndarray, ...] = field(default=(), compare=False)
+    identity: int = 0  # the active identity, 0-based
 
 
 class Key(Enum):
@@ -58,6 +64,20 @@ class Key(Enum):
     NEUTRAL = "neutral"  # n
     HELP = "help"  # h
     PAUSE = "pause"  # space
+    IDENTITY_1 = "1"  # number keys (also on the keypad): switch to that identity
+    IDENTITY_2 = "2"
+    IDENTITY_3 = "3"
+    IDENTITY_4 = "4"
+    IDENTITY_5 = "5"
+    IDENTITY_6 = "6"
+    IDENTITY_7 = "7"
+    IDENTITY_8 = "8"
+    IDENTITY_9 = "9"
+
+    @property
+    def identity_index(self) -> int | None:
+        """The 0-based identity a number key selects; None for the other keys."""
+        return int(self.value) - 1 if self.value.isdigit() else None
 
 
 KEYMAP = {
@@ -67,6 +87,8 @@ KEYMAP = {
     glfw.KEY_N: Key.NEUTRAL,
     glfw.KEY_H: Key.HELP,
     glfw.KEY_SPACE: Key.PAUSE,
+    **{getattr(glfw, f"KEY_{n}"): Key(str(n)) for n in range(1, 10)},
+    **{getattr(glfw, f"KEY_KP_{n}"): Key(str(n)) for n in range(1, 10)},
 }
 
 
@@ -171,20 +193,8 @@ class PreviewWindow:
         return keys
 
     def composite(self, camera: np.ndarray | None, avatar: np.ndarray, overlay: Overlay) -> np.ndarray:
-        """The (H, W, 3) RGB image `show` displays: camera left, avatar right, each letterboxed, and the overlay."""
-        width, height = max(self._size[0], 2), max(self._size[1], 1)
-        image = np.empty((height, width, 3), np.uint8)
-        image[:] = BACKGROUND
-        half = width // 2
-        left, right = image[:, :half], image[:, half:]
-        if camera is not None:
-            _letterbox(camera, left)
-        else:
-            state = "camera reconnecting..." if overlay.camera_state == "reconnecting" else "no camera image"
-            _text(left, state, (left.shape[1] // 2, height // 2), GREY, scale=_scale(height), centred=True)
-        _letterbox(avatar, right)
-        _draw_overlay(image, overlay)
-        return image
+        """The (H, W, 3) RGB image `show` displays: `compose` at the window's framebuffer size."""
+        return compose((max(self._size[0], 2), max(self._size[1], 1)), camera, avatar, overlay)
 
     def close(self) -> None:
         """Destroy the window and its context (release the avatar renderer first); safe to call twice."""
@@ -222,6 +232,25 @@ class PreviewWindow:
             raise RuntimeError("the preview window is closed")
         if threading.get_ident() != self._thread:
             raise RuntimeError("the preview window is used from another thread than the one that created it")
+
+
+def compose(size: tuple[int, int], camera: np.ndarray | None, avatar: np.ndarray, overlay: Overlay) -> np.ndarray:
+    """The preview picture, ``size`` (width, height): camera left, avatar right, each letterboxed, and the overlay."""
+    width, height = size
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = BACKGROUND
+    half = width // 2
+    left, right = image[:, :half], image[:, half:]
+    if camera is not None:
+        _letterbox(camera, left)
+    else:
+        state = "camera reconnecting..." if overlay.camera_state == "reconnecting" else "no camera image"
+        _text(left, state, (left.shape[1] // 2, height // 2), GREY, scale=_scale(height), centred=True)
+    _letterbox(avatar, right)
+    if len(overlay.thumbnails) > 1:
+        _draw_thumbnails(right, overlay.thumbnails, overlay.identity, _scale(height))
+    _draw_overlay(image, overlay)
+    return image
 
 
 def _letterbox(source: np.ndarray, target: np.ndarray) -> None:
@@ -278,6 +307,31 @@ def _draw_overlay(image: np.ndarray, overlay: Overlay) -> None:
         _draw_help(image, scale)
     else:
         _text(image, "h: help", (margin, height - margin), GREY, 0.6 * scale)
+
+
+def _draw_thumbnails(panel: np.ndarray, thumbnails: tuple[np.ndarray, ...], active: int, scale: float) -> None:
+    """A row of square pictures at the bottom right of ``panel``, numbered from 1, the ``active`` one outlined."""
+    height, width = panel.shape[:2]
+    margin, gap = round(14 * scale), max(2, round(6 * scale))
+    side = min(round(0.17 * height), (width - 2 * margin) // len(thumbnails) - gap)
+    if side < 8:
+        return
+    x = width - margin - len(thumbnails) * (side + gap) + gap
+    y = height - margin - side
+    for index, thumbnail in enumerate(thumbnails):
+        crop = min(thumbnail.shape[:2])
+        top, left = (thumbnail.shape[0] - crop) // 2, (thumbnail.shape[1] - crop) // 2
+        square = np.ascontiguousarray(thumbnail[top : top + crop, left : left + crop, :3])
+        panel[y : y + side, x : x + side] = cv2.resize(square, (side, side), interpolation=cv2.INTER_AREA)
+        if index == active:
+            thickness = max(2, round(3 * scale))
+            cv2.rectangle(panel, (x - thickness, y - thickness), (x + side + thickness - 1, y + side + thickness - 1),
+                          AMBER, thickness)
+        else:
+            cv2.rectangle(panel, (x, y), (x + side - 1, y + side - 1), GREY, 1)
+        _text(panel, str(index + 1), (x + round(5 * scale), y + round(20 * scale)),
+              AMBER if index == active else WHITE, 0.6 * scale)
+        x += side + gap
 
 
 def _draw_help(image: np.ndarray, scale: float) -> None:

@@ -121,6 +121,33 @@ def test_overlay_states_render(window: PreviewWindow) -> None:
     window.show(None, flat_avatar(), Overlay(camera_state="reconnecting"))
 
 
+THUMBNAIL_COLOURS = ((230, 30, 30), (30, 30, 230), (30, 200, 200))
+
+
+def test_identity_thumbnails_along_the_bottom_of_the_avatar(window: PreviewWindow) -> None:
+    """One numbered picture per identity at the bottom right of the avatar half; the active one outlined in amber."""
+    thumbnails = tuple(np.full((128, 128, 3), colour, np.uint8) for colour in THUMBNAIL_COLOURS)
+    plain = window.composite(astronaut(), flat_avatar(), Overlay())
+    image = window.composite(astronaut(), flat_avatar(), Overlay(thumbnails=thumbnails, identity=1))
+    changed = np.any(image != plain, axis=2)
+    rows, columns = np.nonzero(changed)
+    assert rows.min() > 360 and columns.min() > 640 + 320, "bottom right of the avatar half only"
+    centres = []
+    for colour in THUMBNAIL_COLOURS:
+        ys, xs = np.nonzero(np.all(image == colour, axis=2))
+        assert len(xs) > 40 * 40, f"thumbnail {colour} is shown"
+        centres.append(xs.mean())
+    assert centres == sorted(centres), "in key order, left to right"
+    amber = np.all(image == (255, 190, 40), axis=2)
+    ys, xs = np.nonzero(amber)
+    assert len(xs) > 200 and centres[0] < xs.mean() < centres[2], "the second (active) one is outlined"
+    window.show(astronaut(), flat_avatar(), Overlay(thumbnails=thumbnails, identity=2))
+    np.testing.assert_array_equal(read_screen(window), window.composite(
+        astronaut(), flat_avatar(), Overlay(thumbnails=thumbnails, identity=2)))
+    single = window.composite(astronaut(), flat_avatar(), Overlay(thumbnails=thumbnails[:1]))
+    np.testing.assert_array_equal(single, plain)  # one identity: nothing to switch, no thumbnails
+
+
 def press(window: PreviewWindow, *keys: str) -> str:
     """Send key presses to the window with xdotool, or call its glfw key callback when xdotool is missing."""
     if shutil.which("xdotool"):
@@ -129,7 +156,8 @@ def press(window: PreviewWindow, *keys: str) -> str:
         time.sleep(0.2)
         return "xdotool"
     codes = {"r": glfw.KEY_R, "n": glfw.KEY_N, "h": glfw.KEY_H, "q": glfw.KEY_Q, "space": glfw.KEY_SPACE,
-             "Escape": glfw.KEY_ESCAPE, "x": glfw.KEY_X}
+             "Escape": glfw.KEY_ESCAPE, "x": glfw.KEY_X, "1": glfw.KEY_1, "2": glfw.KEY_2, "9": glfw.KEY_9,
+             "0": glfw.KEY_0, "KP_3": glfw.KEY_KP_3}
     callback = glfw.set_key_callback(window.handle, None)
     glfw.set_key_callback(window.handle, callback)
     for key in keys:
@@ -146,6 +174,10 @@ def test_keys_and_close(window: PreviewWindow) -> None:
     assert window.poll() == []  # drained
     press(window, "n", "x", "space", "h", "Escape", "q")  # x means nothing
     assert window.poll() == [Key.NEUTRAL, Key.PAUSE, Key.HELP, Key.QUIT, Key.QUIT]
+    press(window, "1", "2", "0", "9", "KP_3")  # 0 means nothing
+    keys = window.poll()
+    assert keys == [Key.IDENTITY_1, Key.IDENTITY_2, Key.IDENTITY_9, Key.IDENTITY_3]
+    assert [key.identity_index for key in keys] == [0, 1, 8, 2] and Key.RECORD.identity_index is None
 
     glfw.set_window_should_close(window.handle, True)
     assert window.poll() == [Key.QUIT]
