@@ -4,7 +4,8 @@ By default everything but capture runs on this thread, which owns the GL context
 retargeted, drawn and handed to the outputs at once (lowest latency). With `LiveOptions.worker` (the DECA path, whose
 networks take most of a frame), tracking and posing run on a `TrackingWorker` thread that keeps only its newest
 result, and this thread only draws: the two overlap on the two cores. When the camera stalls or is reconnecting, or
-the user pauses, the last avatar frame is sent again at the output rate, so a video call never freezes.
+the user pauses, the last avatar frame is sent again at the output rate, so a video call never freezes. The number
+keys switch between the pipeline's prepared identities at once: the last pose is drawn again with the new one.
 """
 
 import logging

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from realtime.capture import Capture, CaptureOptions
 from realtime.live import LiveLoop, LiveOptions
 from realtime.pipeline import PipelineOptions, RetargetPipeline
 from realtime.retarget import AvatarPose
-from realtime.video_io import probe_video
+from realtime.video_io import open_video, probe_video
 from realtime.virtual_camera import VirtualCamera
 from tests.conftest import PROJECT, media
 from tests.test_capture import CameraRig
@@ -34,21 +35,62 @@ def recording_camera():
 
 @pytest.fixture(scope="module")
 def pipeline(assets, gl_context):
-    pipeline = RetargetPipeline.create(PipelineOptions(identity=media("pyfeat_single_face.jpg")), gl_context)
+    """Two identities: the man of the sample clips (shown first) and the astronaut (key 2)."""
+    options = PipelineOptions(identity=media("pyfeat_single_face.jpg"),
+                              more_identities=(media("skimage_astronaut.png"),))
+    pipeline = RetargetPipeline.create(options, gl_context)
     yield pipeline
     pipeline.close()
 
 
 def fresh(pipeline: RetargetPipeline) -> RetargetPipeline:
-    """The module's pipeline with a new retargeter (no pose or calibration carried over between tests)."""
+    """The module's pipeline with a new retargeter (no pose or calibration carried over between tests), identity 1."""
     from realtime.retarget import Retargeter
 
     pipeline.retargeter = Retargeter(pipeline.model.expression_names, pipeline.options.retarget)
+    pipeline.select_identity(0)
     return pipeline
 
 
 def neutral_image(pipeline: RetargetPipeline) -> np.ndarray:
     return pipeline.render_pose(AvatarPose(np.zeros(53, np.float32), np.eye(3), tracked=False)).astype(int)
+
+
+def identity_neutrals(pipeline: RetargetPipeline) -> list[np.ndarray]:
+    images = []
+    for index in range(len(pipeline.identity_names)):
+        pipeline.select_identity(index)
+        images.append(neutral_image(pipeline))
+    pipeline.select_identity(0)
+    return images
+
+
+def closest_identity(image: np.ndarray, neutrals: list[np.ndarray]) -> int:
+    """Which identity an avatar frame shows: the nearest neutral render over the upper head (hair, brow, eyes), where
+    the identities differ most and expressions least."""
+    region = (slice(40, 240), slice(200, 440))
+    return int(np.argmin([np.abs(image[region].astype(int) - neutral[region]).mean() for neutral in neutrals]))
+
+
+def test_switching_identity_is_immediate_and_each_frame_keeps_its_own(pipeline, tmp_path) -> None:
+    """Every identity is prepared up front: selecting one poses the next frame on it, with nothing prepared again,
+    and a frame posed before the switch (the worker thread's) is still drawn with the identity it was posed for."""
+    pipeline = fresh(pipeline)
+    first, second = identity_neutrals(pipeline)
+    assert np.abs(first - second).mean() > 5, "two different faces"
+    assert pipeline.identity_names == ("pyfeat_single_face.jpg", "skimage_astronaut.png")
+    cache = sorted(Path(os.environ["RETARGET_CACHE"]).rglob("*"))
+    pose = pipeline.neutral_pose()
+    before = pipeline.geometry(pose)
+    pipeline.select_identity(1)
+    after = pipeline.geometry(pose)
+    np.testing.assert_array_equal(pipeline.draw(before), first)
+    np.testing.assert_array_equal(pipeline.draw(after), second)
+    assert closest_identity(pipeline.draw(after), [first, second]) == 1
+    assert sorted(Path(os.environ["RETARGET_CACHE"]).rglob("*")) == cache, "nothing prepared or cached on a switch"
+    with pytest.raises(IndexError):
+        pipeline.select_identity(2)
+    pipeline.select_identity(0)
 
 
 def test_every_camera_frame_reaches_the_virtual_camera_at_the_camera_rate(pipeline, recording_camera, tmp_path):
@@ -157,7 +199,7 @@ def test_missing_devices_get_clear_advice(assets, tmp_path) -> None:
     assert stderr.strip().splitlines()[-1].startswith("error: nothing to output")
 
 
-def test_preview_window_keys_record_and_quit(assets, tmp_path) -> None:
+def test_preview_window_keys_record_switch_identity_and_quit(pipeline, tmp_path) -> None:
     """The live app as a user runs it, in a real window on a private X server, driven by real key presses."""
     import shutil
 
@@ -169,8 +211,9 @@ def test_preview_window_keys_record_and_quit(assets, tmp_path) -> None:
     with xvfb_display() as display:
         env = {**os.environ, "DISPLAY": display, "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(
-            [sys.executable, str(PROJECT / "run.py"), "--identity", str(media("pyfeat_single_face.jpg")), "--source",
-             str(media("pyfeat_single_face.mp4")), "--loop", "--no-vcam", "--record", str(out)],
+            [sys.executable, str(PROJECT / "run.py"), "--identity", str(media("pyfeat_single_face.jpg")), "--identity",
+             str(media("skimage_astronaut.png")), "--source", str(media("pyfeat_single_face.mp4")), "--loop",
+             "--no-vcam", "--record", str(out)],
             cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
 
@@ -184,6 +227,9 @@ def test_preview_window_keys_record_and_quit(assets, tmp_path) -> None:
             while time.monotonic() < deadline and not any(p.name.startswith(".call") for p in tmp_path.iterdir()):
                 time.sleep(0.1)  # recording from the start: the window is up and frames flow
             time.sleep(1.0)
+            key("2")  # the astronaut, at once
+            time.sleep(1.0)
+            key("5")  # there is no fifth identity: a message, nothing else
             key("r")  # stop: call.mp4 is saved
             key("n")  # neutral calibration
             key("r")  # record again, to the next free name
@@ -195,5 +241,12 @@ def test_preview_window_keys_record_and_quit(assets, tmp_path) -> None:
                 process.kill()
     assert process.returncode == 0, stderr
     assert "neutral face calibrated" in stderr
+    assert "identity 2: skimage_astronaut.png" in stderr and "no identity 5: 2 prepared (keys 1-2)" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["call-1.mp4", "call.mp4"]
     assert probe_video(out).frame_count > 10 and probe_video(tmp_path / "call-1.mp4").frame_count > 10
+    # the first recording shows the man, then the astronaut after the key; the second, the astronaut throughout
+    neutrals = identity_neutrals(fresh(pipeline))
+    shown = [closest_identity(frame.image, neutrals) for frame in open_video(out)]
+    switch = shown.index(1)
+    assert switch > 5 and shown[:switch] == [0] * switch and shown[switch:] == [1] * (len(shown) - switch)
+    assert {closest_identity(frame.image, neutrals) for frame in open_video(tmp_path / "call-1.mp4")} == {1}
