@@ -80,7 +80,7 @@ class Setting:
     dest: str  # the argparse destination
     convert: Callable[[Any, Path], Any]  # (TOML value, the file's folder) -> option value; TypeError/ValueError: bad
     describe: str  # what a good value looks like, for the error message
-    to_toml: Callable[[Any], Any] = lambda value: value  # option value -> TOML value (--write-config)
+    to_toml: Callable[[Any], Any] = lambda value: value  # option value -> TOML value (--write-config; paths absolute)
 
 
 def _bool(value: Any, folder: Path) -> bool:
@@ -145,20 +145,26 @@ def _style(value: Any, folder: Path) -> str:
     return value
 
 
+def _absolute(path: Path | str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
 SETTINGS: dict[str, Setting] = {
     "identity": Setting("identity", _identities, "a photo or folder path, or a list of them",
-                        lambda paths: [str(path) for path in paths]),
-    "source": Setting("source", _source, "a webcam index like 0, a video file or a stream URL"),
+                        lambda paths: [_absolute(path) for path in paths]),
+    "source": Setting("source", _source, "a webcam index like 0, a video file or a stream URL",
+                      lambda source: source if source.isdigit() or "://" in source else _absolute(source)),
     "size": Setting("size", _size, 'a size like "640x480"', lambda size: f"{size[0]}x{size[1]}"),
     "fps": Setting("fps", _number(parse_fps), "a frame rate from 1 to 240"),
-    "background": Setting("background", _background, 'a colour like "#223344" or an image file'),
+    "background": Setting("background", _background, 'a colour like "#223344" or an image file',
+                          lambda text: text if parse_color(text) is not None else _absolute(text)),
     "style": Setting("style", _style, f"one of {', '.join(repr(style) for style in STYLES)}"),
     "smoothing": Setting("smoothing", _number(parse_smoothing), "a number from 0 (off) to 10; 1 is the default"),
     "virtual_camera": Setting("vcam", _bool, "true or false"),
     "mirror": Setting("mirror", _bool, "true or false"),
     "head_pose": Setting("head_pose", _bool, "true or false"),
     "hold_when_lost": Setting("hold_when_lost", _bool, "true or false"),
-    "deca_data": Setting("deca_data", _path, "the path of your DECA data/ folder", str),
+    "deca_data": Setting("deca_data", _path, "the path of your DECA data/ folder", _absolute),
 }
 
 
@@ -193,10 +199,6 @@ def config_text(options: argparse.Namespace) -> str:
         value = getattr(options, setting.dest, None)
         if value is None or value == []:
             continue
-        if setting.dest == "identity":
-            value = [path.resolve() for path in value]
-        elif setting.dest == "deca_data":
-            value = value.resolve()
         lines.append(f"{key} = {_toml_value(setting.to_toml(value))}")
     return "\n".join(lines) + "\n"
 

@@ -143,7 +143,14 @@ def test_write_config_saves_the_options_and_later_runs_start_from_them(home: Pat
     assert load_config(work)["fps"] == 15.0
 
 
-def test_a_path_with_quotes_survives_the_round_trip(home: Path, tmp_path: Path) -> None:
+def test_saved_paths_are_absolute_and_survive_the_round_trip(home: Path, tmp_path: Path, monkeypatch) -> None:
     odd = write(tmp_path / 'a "quoted" \\ folder' / "ünïcode.png", "")
-    assert main(["--identity", str(odd), "--write-config"]) == 0
-    assert parse_args([]).identity == [odd.resolve()]
+    write(tmp_path / "clips" / "talk.mp4", "")
+    write(tmp_path / "beach.jpg", "")
+    monkeypatch.chdir(tmp_path)  # the command line's relative paths are relative to here, not to the settings file
+    assert main(["--identity", str(odd), "--source", "clips/talk.mp4", "--background", "beach.jpg",
+                 "--write-config"]) == 0
+    args = parse_args([])
+    assert args.identity == [odd.resolve()]
+    assert args.source == str(tmp_path.resolve() / "clips" / "talk.mp4")
+    assert args.background == str(tmp_path.resolve() / "beach.jpg")
