@@ -61,8 +61,9 @@ examples:
   realtime-retarget --doctor                             what is missing on this machine, and how to fix it
 (python run.py works the same as realtime-retarget)
 
-settings file: %(config)s ($XDG_CONFIG_HOME is respected), TOML, keys identity, source, size, fps, background,
-style, smoothing, virtual_camera, mirror, head_pose, hold_when_lost, deca_data; the command line overrides it
+settings file (TOML; the command line overrides it): %(config)s
+  keys: identity, source, size, fps, background, style, smoothing, virtual_camera, mirror, head_pose,
+  hold_when_lost, deca_data
 
 keys in the preview window: q/Esc quit, r start/stop recording, n take the current face as neutral,
 1-9 switch identity, space pause, h help
