@@ -82,7 +82,7 @@ DeviceOpener = Callable[[int | str], Device]
 
 
 @contextlib.contextmanager
-def _opencv_quiet() -> Iterator[None]:
+def opencv_quiet() -> Iterator[None]:
     # OpenCV warns on stderr for every camera index it cannot open; we report failures ourselves, in one line.
     previous = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -94,7 +94,7 @@ def _opencv_quiet() -> Iterator[None]:
 
 def open_device(source: int | str) -> cv2.VideoCapture:
     """The real device: ``cv2.VideoCapture`` with a backend suited to the source and timeouts on streams."""
-    with _opencv_quiet():
+    with opencv_quiet():
         if isinstance(source, int):
             # V4L2 directly: CAP_ANY would also try FFmpeg and Orbbec sensors, each with its own error message.
             return cv2.VideoCapture(source, cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY)

@@ -185,7 +185,7 @@ class IctModel:
                 )
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:  # damaged, truncated, foreign
             reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-            if "pickled" in reason:  # numpy's own advice, to load it unsafely, is not for a model file
+            if "pickle" in reason:  # numpy's own advice, to load it unsafely, is not for a model file
                 reason = "it holds pickled Python objects, which are never loaded"
             raise UserError(f"{path} is not a valid converted ICT model ({reason}): "
                             "run `python tools/fetch_assets.py --force`") from err

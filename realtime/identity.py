@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from realtime.tracker import FaceTracker, FaceTrackerOptions, RunningMode
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+STALE_TEMPORARY_S = 600
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +71,8 @@ def prepare_identity(
         try:
             return load_identity(entry, photo_path.name)
         except (OSError, ValueError, KeyError) as err:
-            log.warning("ignoring a damaged identity cache entry %s (%s)", entry, err)
+            log.warning("replacing a damaged identity cache entry %s (%s)", entry, err)
+            shutil.rmtree(entry, ignore_errors=True)  # else the new entry could not be renamed into its place
     identity = build_identity(photo_path, model, ctx, landmark_map or LandmarkMap.load())
     if entry is not None:
         save_identity(identity, entry)
@@ -117,6 +120,9 @@ def build_identity(photo_path: Path, model: IctModel, ctx: moderngl.Context, lan
 
 def save_identity(identity: Identity, entry: Path) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
+    for stale in entry.parent.glob(f".{entry.name}.*"):  # left by a crash: nothing writes one for this long
+        if time.time() - stale.stat().st_mtime > STALE_TEMPORARY_S:
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         np.savez(tmp / "identity.npz", vertices=identity.vertices, iris_color=identity.iris_color)

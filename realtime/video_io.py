@@ -36,6 +36,7 @@ from typing import IO
 import cv2
 import numpy as np
 
+from realtime.capture import opencv_quiet
 from realtime.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,8 @@ class VideoFileSource:
             raise UserError(f"Video {self.path} not found: check the path")
         if not self.path.is_file():
             raise UserError(f"Video {self.path} could not be read as a video: it is not a file")
-        capture = cv2.VideoCapture(f"file:{self.path}", cv2.CAP_FFMPEG)  # never a protocol ("a:b/clip.mp4")
+        with opencv_quiet():  # our one-line error says it; OpenCV's warning on stderr would be a second line
+            capture = cv2.VideoCapture(f"file:{self.path}", cv2.CAP_FFMPEG)  # never a protocol ("a:b/clip.mp4")
         try:
             if not capture.isOpened():
                 raise UserError(
