@@ -142,11 +142,13 @@ def one_line_user_error(options: CaptureOptions) -> str:
     return message
 
 
+@pytest.mark.faults
 def test_missing_file(tmp_path: Path) -> None:
     message = one_line_user_error(CaptureOptions(source=str(tmp_path / "nothing.mp4")))
     assert message.startswith(f"video file {tmp_path / 'nothing.mp4'} not found: check the path")
 
 
+@pytest.mark.faults
 def test_text_file_and_folder(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("not a video\n")
@@ -154,6 +156,7 @@ def test_text_file_and_folder(tmp_path: Path) -> None:
     assert "is not a file" in one_line_user_error(CaptureOptions(source=str(tmp_path)))
 
 
+@pytest.mark.faults
 def test_missing_camera_says_which_devices_exist() -> None:
     if list(Path("/dev").glob("video*")):
         pytest.skip("this machine has camera devices")
@@ -163,6 +166,7 @@ def test_missing_camera_says_which_devices_exist() -> None:
     assert "--source N" in message and "permissions" in message
 
 
+@pytest.mark.faults
 def test_unreachable_stream_hides_the_password() -> None:
     message = one_line_user_error(CaptureOptions(source="rtsp://user:secret@127.0.0.1:9/live"))
     assert message.startswith("stream rtsp://user:***@127.0.0.1:9/live could not be opened")
@@ -232,6 +236,7 @@ class FakeCamera:
         return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
 
 
+@pytest.mark.faults
 def test_camera_lost_and_back(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="realtime.capture")
     rig = CameraRig(media(CARPHONE), fail_after=10, back_at_open=3)

@@ -138,6 +138,7 @@ BROKEN_MESSAGES = {
 }
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("variant", sorted(deca_checkpoint.BROKEN_VARIANTS))
 def test_a_broken_checkpoint_is_a_one_line_user_error_naming_the_file(variant: str, valid_checkpoint: dict,
                                                                      tmp_path: Path) -> None:
@@ -155,6 +156,7 @@ def test_a_missing_file_is_a_user_error(tmp_path: Path) -> None:
         load_deca_checkpoint(tmp_path / "deca_model.tar")
 
 
+@pytest.mark.faults
 def test_a_pickled_callable_is_refused_and_never_runs(valid_checkpoint: dict, tmp_path: Path) -> None:
     # the payload is real: an unsafe load of a small file with it runs the command
     armed = tmp_path / "armed"

@@ -191,6 +191,7 @@ def test_load_engines_picks_the_best_valid_engine(built, reference) -> None:
     assert fp32 is not None
 
 
+@pytest.mark.faults
 def test_changed_checkpoint_makes_the_engines_stale(built, tmp_path: Path, caplog) -> None:
     from realtime.deca.engines import load_engines
 
@@ -203,6 +204,7 @@ def test_changed_checkpoint_makes_the_engines_stale(built, tmp_path: Path, caplo
     assert "stale" in caplog.text and "python tools/build_engine.py --deca-data DIR" in caplog.text
 
 
+@pytest.mark.faults
 def test_corrupt_engine_is_refused(built, tmp_path: Path, caplog) -> None:
     from realtime.deca.engines import load_engines
 
@@ -220,6 +222,7 @@ def test_corrupt_engine_is_refused(built, tmp_path: Path, caplog) -> None:
     assert "rebuild with `python tools/build_engine.py --deca-data DIR`" in caplog.text
 
 
+@pytest.mark.faults
 def test_corrupt_int8_engine_falls_back_to_fp32(built, tmp_path: Path, caplog) -> None:
     from realtime.deca.engines import load_engines
 

@@ -206,6 +206,7 @@ def test_per_frame_cost_is_small(model) -> None:
 # Refused and damaged files
 
 
+@pytest.mark.faults
 def test_malicious_pickle_is_refused(tmp_path) -> None:
     control = tmp_path / "control.pkl"
     fx.write_malicious_pickle(control, tmp_path / "control-marker")
@@ -220,6 +221,7 @@ def test_malicious_pickle_is_refused(tmp_path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     "function, make_args",
     [
@@ -244,6 +246,7 @@ def test_code_running_globals_are_refused(tmp_path, function, make_args) -> None
     assert not marker.exists()
 
 
+@pytest.mark.faults
 def test_partial_and_torch_globals_are_refused() -> None:
     import torch
 
@@ -256,6 +259,7 @@ def test_partial_and_torch_globals_are_refused() -> None:
     assert isinstance(UnsafePickleError("x"), ValueError)
 
 
+@pytest.mark.faults
 def test_pickle_cannot_patch_the_stand_in_classes() -> None:
     # GLOBAL chumpy.ch Ch; (None, {'stored_array': 1}); BUILD: would set an attribute on the stand-in class itself.
     stream = b"\x80\x02cchumpy.ch\nCh\nN}X\x0c\x00\x00\x00stored_arrayK\x01s\x86b."
@@ -264,6 +268,7 @@ def test_pickle_cannot_patch_the_stand_in_classes() -> None:
     assert restricted_loads(b"\x80\x02cchumpy.ch\nCh\n)\x81}X\x01\x00\x00\x00xK\x07sb.") == 7
 
 
+@pytest.mark.faults
 def test_damaged_and_foreign_files_give_one_line_errors(flame2020, tmp_path) -> None:
     import cv2
 
@@ -330,6 +335,7 @@ def test_landmark_embedding_loads_as_numpy(tmp_path, legacy) -> None:
         np.testing.assert_allclose(value, written[key], rtol=1e-6)
 
 
+@pytest.mark.faults
 def test_malicious_landmark_embedding_is_refused(tmp_path) -> None:
     path, marker = tmp_path / "landmark_embedding.npy", tmp_path / "marker"
     fx.write_malicious_npy(path, marker)

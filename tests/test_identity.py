@@ -91,6 +91,7 @@ def write_text(path, text: str):
     return path
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     ("make", "message"),
     [

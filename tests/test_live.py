@@ -147,6 +147,7 @@ def test_a_face_that_appears_is_picked_up_smoothly(pipeline, recording_camera):
     assert not [t for t in threading.enumerate() if t.name.startswith(("capture", "decode", "track"))]
 
 
+@pytest.mark.faults
 def test_a_stalled_camera_keeps_the_outputs_running(pipeline, recording_camera, caplog):
     """Unplugged after 20 frames and back at the third open: the virtual camera never stops receiving frames."""
     caplog.set_level(logging.INFO, logger="realtime.capture")
@@ -168,6 +169,7 @@ def run_live_app(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_stopping_the_live_app_finalises_the_recording(assets, tmp_path, stop) -> None:
     out = tmp_path / "live.mp4"

@@ -85,6 +85,7 @@ def test_face_lost_frames_are_still_rendered(assets, tmp_path) -> None:
     assert probe_video(out).frame_count == probe_video(media("pyfeat_no_face.mp4")).frame_count
 
 
+@pytest.mark.faults
 def test_ctrl_c_finalises_a_playable_clip(assets, tmp_path) -> None:
     out = tmp_path / "interrupted.mp4"
     process = subprocess.Popen(
@@ -109,6 +110,7 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     ("case", "message"),
     [

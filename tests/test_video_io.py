@@ -129,11 +129,13 @@ def test_iterating_twice_is_an_error() -> None:
             iter(source)
 
 
+@pytest.mark.faults
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found: check the path"):
         open_video(tmp_path / "nope.mp4")
 
 
+@pytest.mark.faults
 def test_text_file_named_mp4(tmp_path: Path) -> None:
     fake = tmp_path / "notes.mp4"
     fake.write_text("this is not a video\n" * 100)
@@ -141,11 +143,13 @@ def test_text_file_named_mp4(tmp_path: Path) -> None:
         open_video(fake)
 
 
+@pytest.mark.faults
 def test_directory(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="could not be read as a video"):
         open_video(tmp_path)
 
 
+@pytest.mark.faults
 @needs_ffmpeg
 def test_audio_only_file(tmp_path: Path) -> None:
     audio = tmp_path / "tone.mp4"
@@ -157,6 +161,7 @@ def test_audio_only_file(tmp_path: Path) -> None:
         probe_video(audio)
 
 
+@pytest.mark.faults
 def test_truncated_clip_without_its_index(tmp_path: Path) -> None:
     # The asset keeps its moov (index) at the end: the first 30% has no index, so nothing is decodable.
     data = media(CARPHONE).read_bytes()
@@ -166,6 +171,7 @@ def test_truncated_clip_without_its_index(tmp_path: Path) -> None:
         open_video(truncated)
 
 
+@pytest.mark.faults
 @needs_ffmpeg
 def test_truncated_faststart_clip_yields_what_decodes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # ClipWriter's output has its index first (faststart): a cut-off copy still decodes its first frames.
@@ -296,6 +302,7 @@ def test_wrong_frame_shape_is_a_programming_error(tmp_path: Path) -> None:
             writer.write(np.zeros((64, 64, 3), np.float32))
 
 
+@pytest.mark.faults
 def test_unusable_output_paths(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         ClipWriter(tmp_path / "missing" / "clip.mp4", 30.0, (64, 64))
@@ -304,6 +311,7 @@ def test_unusable_output_paths(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.faults
 def test_ffmpeg_dying_is_reported_with_its_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = tmp_path / "bin" / "ffmpeg"
     fake.parent.mkdir()
@@ -361,6 +369,7 @@ RECORDER = textwrap.dedent(
 )
 
 
+@pytest.mark.faults
 @needs_ffmpeg
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_recording_is_finalised(tmp_path: Path, sig: signal.Signals) -> None:

@@ -123,6 +123,7 @@ def test_bad_size_or_rate_is_a_value_error(recording) -> None:
 # No device, a device that fails, closing
 
 
+@pytest.mark.faults
 @pytest.mark.skipif(platform.system() != "Linux", reason="the v4l2loopback backend is Linux only")
 def test_no_v4l2loopback_device_gives_none_and_advice(caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
     if list(Path("/dev").glob("video*")):
@@ -139,6 +140,7 @@ def test_no_v4l2loopback_device_gives_none_and_advice(caplog: pytest.LogCaptureF
     assert message.endswith("or run with --no-vcam.")
 
 
+@pytest.mark.faults
 def test_unavailable_or_unknown_backend_gives_none(caplog: pytest.LogCaptureFixture) -> None:
     with registered_backend("unavailable", UnavailableBackend):
         assert VirtualCamera.open(SIZE, 30, backend="unavailable") is None
@@ -148,6 +150,7 @@ def test_unavailable_or_unknown_backend_gives_none(caplog: pytest.LogCaptureFixt
     assert "unknown backend 'no-such-backend'" in second
 
 
+@pytest.mark.faults
 def test_device_failing_mid_stream_is_closed_and_reported_once(failing, caplog: pytest.LogCaptureFixture) -> None:
     frames = [np.full((480, 640, 3), i, np.uint8) for i in range(10)]
     vcam = VirtualCamera.open(SIZE, 30, backend="failing")
