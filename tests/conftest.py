@@ -28,6 +28,16 @@ def isolated_cache(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_settings(tmp_path_factory) -> Path:
+    """No user settings file (~/.config/realtime-retarget/config.toml) reaches the app under test."""
+    import os
+
+    folder = tmp_path_factory.mktemp("config")
+    os.environ["XDG_CONFIG_HOME"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def assets() -> Path:
     """The assets folder with the face landmarker and the converted ICT model, fetched from the mirror if needed."""
