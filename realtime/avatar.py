@@ -6,15 +6,17 @@ from realtime.ict_model import IctModel
 from realtime.renderer import AvatarMesh, VertexNormals
 from realtime.tracker import BLENDSHAPE_NAMES
 
-# Parts drawn, and their material colours (linear-ish RGB in [0, 1]); the photo texture covers face and head.
+# Parts drawn, and their material colours (linear-ish RGB in [0, 1]); the photo texture covers face and head. The mouth
+# interior is dark: it is lit like the skin here, where a real one is in shadow (and MediaPipe reads a bright one as a
+# less open mouth).
 # Lacrimal fluid, eye blend and eye occlusion are shells for a game engine's translucent eye shaders: not drawn.
 PART_COLORS: dict[str, tuple[float, float, float]] = {
     "face": (0.80, 0.62, 0.52),
     "head_neck": (0.80, 0.62, 0.52),
-    "mouth_socket": (0.30, 0.09, 0.09),
+    "mouth_socket": (0.10, 0.03, 0.03),
     "eye_socket_left": (0.25, 0.15, 0.13),
     "eye_socket_right": (0.25, 0.15, 0.13),
-    "gums_tongue": (0.72, 0.34, 0.34),
+    "gums_tongue": (0.42, 0.17, 0.17),
     "teeth": (0.90, 0.87, 0.78),
     "sclera_left": (0.88, 0.86, 0.83),
     "sclera_right": (0.88, 0.86, 0.83),
@@ -136,6 +138,12 @@ def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None) -> 
 # ICT's eyeLook* shapes move only the lids and the skin around the eyes; the eyeballs are turned here, by this much
 # at full weight (horizontal, vertical), about each eyeball's centre.
 GAZE_DEGREES = (30.0, 25.0)
+# ICT's upper teeth sit wholly behind the upper lip; lowered this much, they show in an open mouth and a smile as a
+# person's do, and stay hidden (behind the lips, above the lower teeth) when the mouth is closed.
+UPPER_TEETH_DROP_CM = 0.3
+# ICT's lids meet at about this much of its eyeBlink shapes, not at 1: at 1 a slit of eyeball shows between them,
+# wider on some faces. A full blink is given this much.
+LIDS_CLOSED_AT = 1.2
 
 
 def sphere_center(points: np.ndarray) -> np.ndarray:
@@ -165,7 +173,10 @@ class Avatar:
 
     def __init__(self, model: IctModel, identity_vertices: np.ndarray) -> None:
         self.model = model
-        self.identity_vertices = np.asarray(identity_vertices, np.float32)
+        self.identity_vertices = np.array(identity_vertices, np.float32)
+        teeth = np.unique(model.triangles_of("teeth"))
+        jaw_motion = np.linalg.norm(model.expression_basis[model.expression_index("jawOpen")][teeth], axis=1)
+        self.identity_vertices[teeth[jaw_motion < 0.05], 1] -= UPPER_TEETH_DROP_CM  # the upper teeth: jaw-fixed
         self.exact_normals = VertexNormals(model.render_vertex[drawn_triangles(model)], model.n_vertices)
         n_shapes = len(model.expression_basis)
         self._expression_basis = model.expression_basis.reshape(n_shapes, -1)
@@ -174,20 +185,27 @@ class Avatar:
         for i in range(n_shapes):
             shape_normals = self.exact_normals(self.identity_vertices + model.expression_basis[i])
             self._normal_basis[i] = (shape_normals - self.identity_normals).ravel()
-        self._eyes = []  # (vertex indices, centre, weight indices of out/in/up/down, outward sign) per eye
+        self._eyes = []  # (vertex indices, centre, weight indices of out/in/up/down, of the blink, outward sign)
         for side, suffix, outward in (("left", "_L", 1.0), ("right", "_R", -1.0)):
             vertices = np.unique(model.triangles_of(f"sclera_{side}", f"iris_{side}"))
             center = sphere_center(self.identity_vertices[np.unique(model.triangles_of(f"sclera_{side}"))])
             looks = [model.expression_index(f"eyeLook{d}{suffix}") for d in ("Out", "In", "Up", "Down")]
-            self._eyes.append((vertices, center.astype(np.float32), looks, outward))
+            blink = model.expression_index(f"eyeBlink{suffix}")
+            self._eyes.append((vertices, center.astype(np.float32), looks, blink, outward))
+        self._blinks = [blink for _, _, _, blink, _ in self._eyes]
 
     def pose(self, expression_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(53,) ICT expression weights -> (N, 3) vertices and (N, 3) approximate, unnormalised normals."""
         weights = np.asarray(expression_weights, np.float32)
-        vertices = self.identity_vertices + (weights @ self._expression_basis).reshape(-1, 3)
-        normals = self.identity_normals + (weights @ self._normal_basis).reshape(-1, 3)
-        for eye, center, looks, outward in self._eyes:
-            rotation = gaze_rotation(*weights[looks], outward)
+        shapes = weights.copy()
+        for _, _, looks, blink, _ in self._eyes:
+            shapes[looks[2]] *= 1.0 - min(float(weights[blink]), 1.0)  # eyeLookUp's raised lids would not close
+            shapes[blink] *= LIDS_CLOSED_AT
+        vertices = self.identity_vertices + (shapes @ self._expression_basis).reshape(-1, 3)
+        normals = self.identity_normals + (shapes @ self._normal_basis).reshape(-1, 3)
+        for eye, center, looks, blink, outward in self._eyes:
+            # closing lids bring the eyeball to centre: a cornea turned up or aside would bulge through them
+            rotation = gaze_rotation(*weights[looks] * (1.0 - min(float(weights[blink]), 1.0)), outward)
             vertices[eye] = (vertices[eye] - center) @ rotation.T + center
             normals[eye] = normals[eye] @ rotation.T
         return vertices, normals

@@ -5,7 +5,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from realtime.avatar import blendshape_matrix
+from realtime.filtering import OneEuroFilter, OneEuroParameters, RotationFilter
+from realtime.response import ResponseModel
 from realtime.tracker import FaceObservation
+
+# One Euro parameters (min cutoff Hz, beta) at smoothing 1, by expression family (name prefix): lids must stay fast (a
+# blink lasts 3-5 frames), the gaze jumps, the mouth and brows move at speech rate, the head is heavy and can be
+# smoothest.
+EXPRESSION_FILTER_TUNING: dict[str, tuple[float, float, float]] = {  # min cutoff Hz, beta, derivative cutoff Hz
+    "eyeBlink": (3.0, 40.0, 1.0), "eyeSquint": (3.0, 40.0, 1.0), "eyeWide": (3.0, 40.0, 1.0),
+    "eyeLook": (2.0, 30.0, 1.0), "brow": (2.0, 20.0, 1.0), "": (2.0, 20.0, 1.0),  # "": mouth, jaw, cheeks, nose
+}
+HEAD_FILTER_TUNING = (0.5, 0.5, 1.0)  # beta in s/rad
 
 
 @dataclass(frozen=True)
@@ -17,6 +28,7 @@ class RetargetOptions:
     pickup_seconds: float = 0.12  # time constant of the blend back to the tracked pose when the face returns
     confirm_frames: int = 3  # a face found after a loss counts once seen this many frames in a row (no blips)
     smoothing: float = 1.0  # strength of the temporal filter on expression and head pose: 0 off, 1 tuned, 2 smoother
+    response: bool = True  # give each blendshape the weight at which the avatar reads the driver's score
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +74,18 @@ def rotate_toward(current: np.ndarray, target: np.ndarray, amount: float) -> np.
     return current @ (np.eye(3) + np.sin(step) * k + (1 - np.cos(step)) * (k @ k))
 
 
+def expression_filter_parameters(names: tuple[str, ...], smoothing: float) -> OneEuroParameters:
+    """One Euro parameters for expression weights called ``names`` at strength ``smoothing`` (> 0; higher: smoother)."""
+    tuning = [next(v for prefix, v in EXPRESSION_FILTER_TUNING.items() if name.startswith(prefix)) for name in names]
+    min_cutoff, beta, derivative_cutoff = np.array(tuning).T
+    return OneEuroParameters(min_cutoff / smoothing, beta / smoothing, derivative_cutoff)
+
+
+def head_filter_parameters(smoothing: float) -> OneEuroParameters:
+    min_cutoff, beta, derivative_cutoff = HEAD_FILTER_TUNING
+    return OneEuroParameters(min_cutoff / smoothing, beta / smoothing, derivative_cutoff)
+
+
 class Retargeter:
     """Maps each frame's `FaceObservation` (or None) to an `AvatarPose`.
 
@@ -72,27 +96,44 @@ class Retargeter:
     def __init__(self, expression_names: tuple[str, ...], options: RetargetOptions = RetargetOptions()) -> None:
         self.options = options
         self._matrix = blendshape_matrix(expression_names, mirrored=options.mirrored)
+        self._response = ResponseModel.load() if options.response else ResponseModel.plain()
         self._pose = AvatarPose(np.zeros(len(expression_names), np.float32), np.eye(3), tracked=False)
-        self._rest = np.zeros(self._matrix.shape[1], np.float32)  # the user's resting blendshape scores
+        self._rest = self._response.neutral  # the user's resting scores; until calibrated, the avatar's neutral
         self._recovering = False  # blending back to the tracked pose after the face was lost
         self._seen_in_a_row = 0  # frames with a face since the last frame without
+        self._expression_filter = self._head_filter = None
+        if options.smoothing > 0:
+            self._expression_filter = OneEuroFilter(expression_filter_parameters(expression_names, options.smoothing))
+            self._head_filter = RotationFilter(head_filter_parameters(options.smoothing))
 
     def calibrate_neutral(self, face: FaceObservation) -> None:
         """From now on, ``face``'s blendshape scores count as the neutral face (its resting smile, brows, ...)."""
-        self._rest = np.clip(face.blendshapes, 0.0, 0.9).astype(np.float32)
+        self._rest = np.asarray(face.blendshapes, np.float64).copy()
 
     def reset_neutral(self) -> None:
-        self._rest = np.zeros_like(self._rest)
+        self._rest = self._response.neutral
 
     def target(self, face: FaceObservation) -> AvatarPose:
         """The pose ``face`` asks for, before any blending over time."""
-        scores = np.clip((face.blendshapes - self._rest) / (1.0 - self._rest), 0.0, 1.0)
-        expression = np.clip(self._matrix @ scores, 0.0, 1.0).astype(np.float32)
+        weights = self._response.weights(face.blendshapes - self._rest)
+        expression = np.clip(self._matrix @ weights, 0.0, 1.0).astype(np.float32)
         rotation = head_rotation(face.transform) if self.options.head_pose else np.eye(3)
         if self.options.mirrored:
             flip = np.diag([-1.0, 1.0, 1.0])
             rotation = flip @ rotation @ flip
         return AvatarPose(expression, rotation, tracked=True)
+
+    def filtered(self, pose: AvatarPose, dt: float) -> AvatarPose:
+        """``pose`` after the temporal filters (unchanged with smoothing 0)."""
+        if self._expression_filter is None or self._head_filter is None:
+            return pose
+        expression = self._expression_filter(pose.expression, dt).astype(np.float32)
+        return AvatarPose(expression, self._head_filter(pose.rotation, dt), pose.tracked)
+
+    def reset_filters(self) -> None:
+        if self._expression_filter is not None and self._head_filter is not None:
+            self._expression_filter.reset()
+            self._head_filter.reset()
 
     def update(self, face: FaceObservation | None, dt: float) -> AvatarPose:
         """The pose for this frame; ``dt`` is the time since the previous frame in seconds."""
@@ -101,13 +142,15 @@ class Retargeter:
         if face is not None and self._recovering and self._seen_in_a_row < self.options.confirm_frames:
             face = None  # not yet: a face that flickers in for a frame or two is more likely a false detection
         if face is not None:
-            wanted = self.target(face)
+            wanted = self.filtered(self.target(face), dt)
             if self._recovering:
                 self._pose = blend(previous, wanted, 1.0 - np.exp(-dt / self.options.pickup_seconds))
                 self._recovering = np.abs(self._pose.expression - wanted.expression).max() > 0.02
             else:
                 self._pose = wanted
-        elif self.options.hold_when_lost:
+            return self._pose
+        self.reset_filters()  # the pose eases or holds now; when the face returns, the filters start afresh
+        if self.options.hold_when_lost:
             self._recovering = True
             self._pose = AvatarPose(previous.expression, previous.rotation, tracked=False)
         else:

@@ -82,7 +82,7 @@ def test_deca_pipeline_renders_the_flame_head_and_follows_the_jaw(deca_folder, g
         if style == "shape":
             values = neutral[covered].astype(int)
             assert (np.abs(values[:, 0] - values[:, 1]) <= 2).mean() > 0.95, "DECA's grey shape look"
-        jaw = np.zeros(53, np.float32)
+        jaw = pipeline.neutral_pose().expression.copy()
         jaw[50] = 0.3  # jaw axis-angle about x: the chin swings
         opened = pipeline.render_pose(AvatarPose(jaw, np.eye(3), True))
         assert np.abs(opened.astype(int) - neutral.astype(int)).mean() > 0.2  # the synthetic head has a small mouth
@@ -189,3 +189,22 @@ def test_live_deca_tracks_on_a_worker_thread(deca_folder, gl_context) -> None:
     assert len(frames) == stats.frames_out and frames[0].shape == (240, 320, 3)
     assert max(stats.latencies_ms) < 1000, "the newest frame, not a queue"
     assert not [t for t in threading.enumerate() if t.name.startswith(("track", "capture"))]
+
+
+def test_flame_eyes_follow_the_drivers_gaze(image_tracker) -> None:
+    """MediaPipe's eyeLook scores turn FLAME's eyeballs to the same side (FLAME's +x is the subject's left)."""
+    import dataclasses
+
+    from realtime.deca.pipeline import eye_rotations
+    from realtime.filtering import rotation_exp
+    from realtime.images import read_image
+    from realtime.tracker import BLENDSHAPE_NAMES
+
+    face = image_tracker.track(read_image(media("pyfeat_single_face.jpg")))
+    scores = np.zeros(len(BLENDSHAPE_NAMES), np.float32)
+    for name in ("eyeLookOutLeft", "eyeLookInRight", "eyeLookUpLeft", "eyeLookUpRight"):
+        scores[BLENDSHAPE_NAMES.index(name)] = 1.0
+    eyes = eye_rotations(dataclasses.replace(face, blendshapes=scores))
+    for rotation in (eyes[:3], eyes[3:]):
+        gaze = rotation_exp(rotation) @ np.array([0.0, 0.0, 1.0])
+        assert gaze[0] > 0.4 and gaze[1] > 0.3, "both eyes look to the subject's left and up"

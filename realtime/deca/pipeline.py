@@ -36,18 +36,20 @@ from realtime.deca.flame import (
 )
 from realtime.deca.landmark_fit import ExpressionFitter, FlameLandmarks
 from realtime.errors import UserError
+from realtime.filtering import OneEuroFilter, OneEuroParameters, RotationFilter
 from realtime.identity_fit import fit_weak_perspective, weak_perspective_projection
 from realtime.images import read_image
 from realtime.paths import PROJECT_ROOT, cache_dir
 from realtime.photo_texture import bake_photo, face_region_mask
 from realtime.pipeline import AvatarGeometry, model_matrix
 from realtime.renderer import AvatarMesh, AvatarRenderer, RenderOptions, VertexNormals, create_context
-from realtime.retarget import AvatarPose, blend, head_rotation
+from realtime.retarget import AvatarPose, blend, head_filter_parameters, head_rotation
 from realtime.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
 
 log = logging.getLogger(__name__)
 
-N_EXP, N_JAW = 50, 3
+N_EXP, N_JAW, N_EYES = 50, 3, 6  # a DECA pose: expression code, jaw rotation, both eyes' rotations (FLAME's order)
+CODE_FILTER_TUNING = (2.0, 20.0)  # One Euro min cutoff (Hz) and beta at smoothing 1, for the codes and eyes
 ATLAS_SIZE = (1024, 1024)  # the identity texture, from the full-resolution photo
 
 
@@ -146,11 +148,27 @@ def photo_projection(cam: np.ndarray, crop_transform: np.ndarray) -> np.ndarray:
     return (lift @ to_crop).astype(np.float32)
 
 
-def full_pose(global_rotation: np.ndarray, jaw: np.ndarray) -> np.ndarray:
-    """FLAME's 15 pose values [global, neck, jaw, left eye, right eye] with neck and eyes at rest, as DECA."""
+def full_pose(global_rotation: np.ndarray, jaw: np.ndarray, eyes: np.ndarray | None = None) -> np.ndarray:
+    """FLAME's 15 pose values [global, neck, jaw, left eye, right eye]; the neck at rest, as DECA."""
     pose = np.zeros(15, np.float32)
     pose[:3], pose[6:9] = global_rotation, jaw
+    if eyes is not None:
+        pose[9:15] = eyes
     return pose
+
+
+def eye_rotations(face: FaceObservation) -> np.ndarray:
+    """(6,) axis-angle rotations of FLAME's left and right eyes from MediaPipe's eyeLook scores (DECA regresses no
+    gaze); as the ICT avatar's eyeballs, 30 degrees sideways and 25 up or down at full score."""
+    from realtime.avatar import GAZE_DEGREES
+
+    rotations = []
+    for side, outward in (("Left", 1.0), ("Right", -1.0)):  # FLAME's +x is the subject's left
+        look = {d: face.blendshape(f"eyeLook{d}{side}") for d in ("Out", "In", "Up", "Down")}
+        yaw = outward * (look["Out"] - look["In"]) * GAZE_DEGREES[0]  # about +y: the gaze turns towards +x
+        pitch = (look["Up"] - look["Down"]) * GAZE_DEGREES[1]  # about -x: the gaze turns towards +y
+        rotations += [-np.radians(pitch), np.radians(yaw), 0.0]
+    return np.array(rotations, np.float32)
 
 
 def fit_photo(model: DecaModel, photo: np.ndarray, face: FaceObservation) -> tuple[dict, FlameIdentity, np.ndarray]:
@@ -249,7 +267,13 @@ class DecaPipeline:
             self.renderer.set_normal_map(self._detail.texture)
         self._pivot = identity.flame.joints[1]  # the neck joint
         self._pose = self.neutral_pose()
-        self._rest = np.zeros(N_EXP + N_JAW, np.float32)
+        self._rest = np.zeros(N_EXP + N_JAW + N_EYES, np.float32)
+        self._code_filter = self._head_filter = None
+        if options.smoothing > 0:
+            min_cutoff, beta = CODE_FILTER_TUNING
+            self._code_filter = OneEuroFilter(OneEuroParameters(min_cutoff / options.smoothing,
+                                                                beta / options.smoothing))
+            self._head_filter = RotationFilter(head_filter_parameters(options.smoothing))
 
     @classmethod
     def create(cls, options: DecaOptions, ctx: moderngl.Context | None = None) -> "DecaPipeline":
@@ -271,7 +295,7 @@ class DecaPipeline:
             raise IndexError(f"identity {index} of 1")
 
     def neutral_pose(self) -> AvatarPose:
-        return AvatarPose(np.zeros(N_EXP + N_JAW, np.float32), np.eye(3), tracked=False)
+        return AvatarPose(np.zeros(N_EXP + N_JAW + N_EYES, np.float32), np.eye(3), tracked=False)
 
     def track(self, rgb: np.ndarray, timestamp: float) -> DecaFace | None:
         face = self.tracker.track(rgb, timestamp)
@@ -287,20 +311,26 @@ class DecaPipeline:
         return DecaFace(face, np.asarray(code["exp"], np.float32), np.asarray(code["pose"][3:6], np.float32))
 
     def calibrate_neutral(self, face: DecaFace) -> None:
-        self._rest = np.r_[face.exp, face.jaw].astype(np.float32)
+        self._rest = np.r_[face.exp, face.jaw, np.zeros(N_EYES)].astype(np.float32)
 
     def pose(self, face: DecaFace | None, dt: float) -> AvatarPose:
         if face is not None:
             rotation = head_rotation(face.observation.transform) if self.options.head_pose else np.eye(3)
-            self._pose = AvatarPose(np.r_[face.exp, face.jaw].astype(np.float32) - self._rest, rotation, True)
+            codes = np.r_[face.exp, face.jaw, eye_rotations(face.observation)] - self._rest
+            if self._code_filter is not None and self._head_filter is not None:
+                codes, rotation = self._code_filter(codes, dt), self._head_filter(rotation, dt)
+            self._pose = AvatarPose(codes.astype(np.float32), rotation, True)
         else:
+            if self._code_filter is not None and self._head_filter is not None:
+                self._code_filter.reset()
+                self._head_filter.reset()
             amount = 1.0 - np.exp(-max(dt, 0.0) / self.options.ease_seconds)
             self._pose = blend(self._pose, self.neutral_pose(), amount)
         return self._pose
 
     def geometry(self, pose: AvatarPose) -> DecaGeometry:
-        exp, jaw = pose.expression[:N_EXP], pose.expression[N_EXP:]
-        vertices = flame_vertices(self.model.flame, self.identity.flame, exp, full_pose(np.zeros(3), jaw))
+        exp, jaw, eyes = np.split(pose.expression, [N_EXP, N_EXP + N_JAW])
+        vertices = flame_vertices(self.model.flame, self.identity.flame, exp, full_pose(np.zeros(3), jaw, eyes))
         displacement = None
         if self._detail is not None:
             displacement = self.model.encoder.decode_detail(jaw, exp, self.identity.detail)

@@ -1,0 +1,77 @@
+"""How the tracker reads the avatar, inverted: per-blendshape gains so that the avatar shows what the driver shows.
+
+MediaPipe reads the ICT head's shapes at their own strengths: the avatar's full jawOpen scores about 0.8, its full
+blink about 0.5, its full smile about 0.6, while a person's full blink scores about 0.55 and full smile about 0.9. A
+one-to-one copy of the scores comes out muted. `tools/calibrate_response.py` renders the avatar with each blendshape
+alone at a few weights (several identities) and fits the straight line of its score against its weight; saved to
+`realtime/data/ict_response.txt`. Each frame the weight is then
+
+    weight = clip((score - rest) / slope, 0, 1)
+
+where ``rest`` is the user's resting score once calibrated (the avatar's own neutral reading until then), so that
+the driver's resting face gives the avatar's neutral and a driver's full expression its full shape.
+
+Only the `CORRECTED` blendshapes get a gain: the others, a plain copy. (A full linear model with the cross-talk
+between scores, solved by bounded least squares, was tried: it explains a driver's open jaw by other shapes' side
+effects and gives worse, stranger faces.)
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from realtime.tracker import BLENDSHAPE_NAMES
+
+DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "ict_response.txt"
+# What a viewer judges first, and what MediaPipe reads clearly on the avatar. The gaze, for one, is not here:
+# MediaPipe scores a person's lowered gaze far higher than the avatar's turned eyeballs, and a gain would roll the
+# avatar's eyes.
+CORRECTED = ("jawOpen", "mouthSmileLeft", "mouthSmileRight", "eyeBlinkLeft", "eyeBlinkRight", "mouthFunnel",
+             "mouthPucker", "browInnerUp", "browOuterUpLeft", "browOuterUpRight")
+MAX_GAIN = 3.0
+
+
+@dataclass(frozen=True, eq=False)
+class ResponseModel:
+    neutral: np.ndarray  # (51,) the scores read on the avatar's neutral face
+    slope: np.ndarray  # (51,) the change of each score per unit of its own weight
+
+    @classmethod
+    def plain(cls) -> "ResponseModel":
+        """No correction: the weights copy the scores."""
+        n = len(BLENDSHAPE_NAMES)
+        return cls(np.zeros(n), np.ones(n))
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_PATH) -> "ResponseModel":
+        rows = {}
+        for line in path.read_text().splitlines():
+            if line and not line.startswith("#"):
+                name, neutral, slope = line.split()
+                rows[name] = (float(neutral), float(slope))
+        neutral, slope = np.array([rows[name] for name in BLENDSHAPE_NAMES]).T
+        return cls(neutral, slope)
+
+    @classmethod
+    def fit(cls, levels: np.ndarray, scores: np.ndarray) -> "ResponseModel":
+        """From (51, L) scores, each blendshape's own, read with it alone at ``levels`` (L,)."""
+        centred = levels - levels.mean()
+        slope = (scores - scores.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
+        return cls(scores[:, 0], slope)
+
+    def save(self, path: Path) -> None:
+        lines = ["# blendshape, the avatar's neutral score, score per unit weight (tools/calibrate_response.py)"]
+        lines += [f"{name} {n:.4f} {s:.4f}" for name, n, s in zip(BLENDSHAPE_NAMES, self.neutral, self.slope,
+                                                                    strict=True)]
+        path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def gains(self) -> np.ndarray:
+        """(51,) the factor from the driver's departure from rest to the weight, per blendshape."""
+        corrected = np.isin(BLENDSHAPE_NAMES, CORRECTED) & (self.slope > 1.0 / MAX_GAIN)
+        return np.where(corrected, 1.0 / np.where(corrected, self.slope, 1.0), 1.0)
+
+    def weights(self, departure: np.ndarray) -> np.ndarray:
+        """(51,) the driver's scores minus their rest -> (51,) blendshape weights in [0, 1]."""
+        return np.clip(departure * self.gains, 0.0, 1.0)

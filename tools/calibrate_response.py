@@ -1,0 +1,65 @@
+"""Build `realtime/data/ict_response.txt`: the score MediaPipe gives the rendered ICT avatar for each blendshape
+alone at a few weights, averaged over several identities, as a straight line (see `realtime.response`).
+
+    python tools/calibrate_response.py PHOTO [PHOTO ...] [--out PATH]
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from realtime.avatar import blendshape_matrix  # noqa: E402
+from realtime.pipeline import PipelineOptions, RetargetPipeline  # noqa: E402
+from realtime.renderer import create_context  # noqa: E402
+from realtime.response import DEFAULT_PATH, ResponseModel  # noqa: E402
+from realtime.retarget import AvatarPose, RetargetOptions  # noqa: E402
+from realtime.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode  # noqa: E402
+
+LEVELS = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def measure(pipeline: RetargetPipeline, tracker: FaceTracker) -> np.ndarray:
+    """(51, L) the score read for each blendshape driven alone at each of `LEVELS`."""
+    matrix = blendshape_matrix(pipeline.model.expression_names)
+    scores = np.full((len(BLENDSHAPE_NAMES), len(LEVELS)), np.nan)
+    for channel in tqdm(range(len(BLENDSHAPE_NAMES)), desc=pipeline.options.identity.name, unit="shape"):
+        for level, weight in enumerate(LEVELS):
+            pose = AvatarPose((matrix[:, channel] * weight).astype(np.float32), np.eye(3), tracked=True)
+            seen = tracker.track(pipeline.render_pose(pose))
+            if seen is not None:
+                scores[channel, level] = seen.blendshapes[channel]
+    return scores
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("photos", type=Path, nargs="+", help="identity photos to average over")
+    parser.add_argument("--out", type=Path, default=DEFAULT_PATH)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ctx = create_context()
+    measured = []
+    with FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.IMAGE)) as tracker:
+        for photo in args.photos:
+            options = PipelineOptions(identity=photo, retarget=RetargetOptions(response=False))
+            pipeline = RetargetPipeline.create(options, ctx)
+            try:
+                measured.append(measure(pipeline, tracker))
+            finally:
+                pipeline.close()
+    scores = np.nanmean(np.array(measured), axis=0)
+    if np.isnan(scores).any():
+        raise SystemExit("the avatar was not tracked at some weights: try other photos")
+    ResponseModel.fit(LEVELS, scores).save(args.out)
+    logging.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
