@@ -14,9 +14,10 @@ import moderngl
 import numpy as np
 from tqdm import tqdm
 
+from realtime.avatar import ict_shape_names
 from realtime.landmark_map import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, LandmarkMap
 from realtime.pipeline import PipelineOptions, RetargetPipeline
-from realtime.retarget import Retargeter
+from realtime.retarget import Retargeter, RetargetOptions
 from realtime.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode
 from realtime.video_io import ClipWriter, open_video
 
@@ -218,8 +219,6 @@ class Report:
 def report(recording: Recording, names: tuple[str, ...] = REPORTED,
            expression_names: tuple[str, ...] | None = None) -> Report:
     """The measures for ``recording``; ``expression_names`` (the avatar's) give the filter lag per blendshape."""
-    from realtime.avatar import ict_shape_names
-
     channels = []
     for name in names:
         driver, avatar = recording.score("driver", name), recording.score("avatar", name)
@@ -245,7 +244,5 @@ def report(recording: Recording, names: tuple[str, ...] = REPORTED,
 
 
 def create_pipeline(identity: Path, smoothing: float, ctx: moderngl.Context | None = None) -> RetargetPipeline:
-    from realtime.retarget import RetargetOptions
-
     return RetargetPipeline.create(PipelineOptions(identity=identity, retarget=RetargetOptions(smoothing=smoothing)),
                                    ctx)
