@@ -9,10 +9,10 @@ from realtime.filtering import OneEuroFilter, OneEuroParameters, RotationFilter
 from realtime.response import ResponseModel
 from realtime.tracker import FaceObservation
 
-# One Euro parameters (min cutoff Hz, beta) at smoothing 1, by expression family (name prefix): lids must stay fast (a
-# blink lasts 3-5 frames), the gaze jumps, the mouth and brows move at speech rate, the head is heavy and can be
-# smoothest.
-EXPRESSION_FILTER_TUNING: dict[str, tuple[float, float, float]] = {  # min cutoff Hz, beta, derivative cutoff Hz
+# One Euro parameters at smoothing 1 (min cutoff Hz, beta, derivative cutoff Hz) by expression family (name prefix):
+# lids must stay fast (a blink lasts 3-5 frames), the gaze jumps, the mouth and brows move at speech rate, the head is
+# heavy and can be smoothest. Tuned with tools/evaluate.py on the sample clips (jitter against lag).
+EXPRESSION_FILTER_TUNING: dict[str, tuple[float, float, float]] = {
     "eyeBlink": (3.0, 40.0, 1.0), "eyeSquint": (3.0, 40.0, 1.0), "eyeWide": (3.0, 40.0, 1.0),
     "eyeLook": (2.0, 30.0, 1.0), "brow": (2.0, 20.0, 1.0), "": (2.0, 20.0, 1.0),  # "": mouth, jaw, cheeks, nose
 }
