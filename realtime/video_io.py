@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 DEFAULT_FPS = 30.0
 _QUEUE_FRAMES = 8  # enough to smooth out decode jitter, small enough to bound memory (8 x 1080p RGB = 50 MB)
 _PUT_POLL_S = 0.1
+_SPACE_CHECK_FRAMES = 15  # how often a clip being written looks at the free disk space
+_MIN_FREE_BYTES = 64 << 20  # below this (or 1% of a small disk) a clip stops, before a write fails half-way
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,8 @@ class _FfmpegEncoder:
         if container in ("mp4", "mov") and fragmented:
             # a self-contained fragment per second (one key frame each): a clip cut short by a full disk or a crash
             # still plays up to its last complete fragment
-            cmd += ["-g", str(max(1, round(rate))), "-movflags", "+frag_keyframe+empty_moov+default_base_moof"]
+            cmd += ["-g", str(max(1, round(rate))), "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
+                    "-flush_packets", "1"]  # each fragment reaches the disk when it is complete, not 32 kB later
         elif container in ("mp4", "mov"):
             cmd += ["-movflags", "+faststart"]
         # "file:" keeps ffmpeg from reading a protocol ("a:b/clip.mp4") or an option ("-clip.mp4") into the name
@@ -441,12 +444,25 @@ class ClipWriter:
             )
         encoder = self._encoder
         try:
+            if encoder.frames % _SPACE_CHECK_FRAMES == 0:
+                self._check_free_space()
             with _signals_deferred():
                 encoder.write(np.ascontiguousarray(image))
         except UserError as err:
             self._salvage_or_discard(err)
         finally:
             self.frames_written = encoder.frames
+
+    def _check_free_space(self) -> None:
+        # ffmpeg does not always fail when its writes do (buffered output on a full disk can end with exit code 0
+        # and a cut file), so the disk is watched here: stop while what was written is still whole.
+        with contextlib.suppress(OSError):
+            disk = os.statvfs(self._tmp.parent)
+            free, total = disk.f_bavail * disk.f_frsize, disk.f_blocks * disk.f_frsize
+            if free < min(_MIN_FREE_BYTES, total // 100 + 1):
+                raise UserError(
+                    f"the disk holding {self.path.parent} is full ({free // 1024} kB left): free some space"
+                )
 
     def close(self) -> Path | None:
         """Finalise the clip and move it into place; returns its path, or None if no frame was written."""
