@@ -115,10 +115,11 @@ class RetargetPipeline:
         model_path = assets.ict_model_path()
         assets.face_landmarker_path()  # fail early, with the fix, if the tracker model is missing
         model = IctModel.load(model_path)
-        ctx = ctx or create_context(options.gl_backend)
         background = None
         if options.background_image is not None:
             background = read_image(options.background_image, "background image")
+        own_context = ctx is None
+        ctx = ctx or create_context(options.gl_backend)
         photos = (options.identity, *options.more_identities)
         identities: list[PreparedIdentity] = []
         try:
@@ -133,6 +134,8 @@ class RetargetPipeline:
         except BaseException:
             for prepared in identities:
                 prepared.renderer.release()
+            if own_context:
+                ctx.release()
             raise
         return cls(ctx, model, identities, tracker, options)
 

@@ -60,13 +60,30 @@ def ict_model(assets: Path):
     return IctModel.load(assets / "ict_face_model.npz")
 
 
+_SESSION_CONTEXTS: list = []
+
+
 @pytest.fixture(scope="session")
 def gl_context():
     from realtime.renderer import create_context
 
     ctx = create_context()
+    _SESSION_CONTEXTS.append(ctx)
     yield ctx
+    _SESSION_CONTEXTS.clear()
     ctx.release()
+
+
+@pytest.fixture(autouse=True)
+def gl_context_current():
+    """The shared context is current when each test starts and ends (so also when the next module's fixtures are
+    made): an app run in-process (`main(...)`) or a window makes its own context current, and releasing it leaves
+    none. (One process, one context is the app's rule; the tests share one context between many pipelines.)"""
+    if _SESSION_CONTEXTS:
+        _SESSION_CONTEXTS[0].__enter__()
+    yield
+    if _SESSION_CONTEXTS:
+        _SESSION_CONTEXTS[0].__enter__()
 
 
 @pytest.fixture(scope="session")
