@@ -7,8 +7,10 @@ here, so its tests check that it is refused or skipped with a clear message.
 import importlib.util
 import logging
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +265,25 @@ def test_int8_over_the_bound_is_refused(built, reference, build_engine, tmp_path
     entry, row = build_engine.build_one("D_detail", "int8", "onnxruntime", tmp_path, state, runs=1)
     assert entry is None and not (tmp_path / "D_detail.int8.onnx").exists()
     assert row.status.startswith("refused: INT8 D_detail exceeds the accuracy bound (displacement max error")
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_build_changes_nothing(built, tmp_path: Path, stop: signal.Signals) -> None:
+    """Stopped while it writes engines, a rebuild leaves the engines folder exactly as it was: no half-written file,
+    no manifest entry for a missing one, no staging folder."""
+    _, deca, out = built
+    folder = tmp_path / "engines"
+    shutil.copytree(out, folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    tool = subprocess.Popen([sys.executable, str(PROJECT / "tools" / "build_engine.py"), "--deca-data", str(deca),
+                             "--out", str(folder), "--runs", "1", "--max-crops", "4"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(path.is_file() for path in folder.glob(".build-*/*")):
+        time.sleep(0.05)  # until the first exported file is being written
+    tool.send_signal(stop)
+    _, stderr = tool.communicate(timeout=120)
+    assert tool.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted: no engine or manifest was changed"
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before

@@ -26,6 +26,7 @@ import datetime
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ from tqdm import tqdm  # noqa: E402
 
 from realtime.deca import engines  # noqa: E402
 from realtime.errors import UserError  # noqa: E402
+from realtime.video_io import interrupt_on_sigterm  # noqa: E402
 
 log = logging.getLogger("build_engine")
 
@@ -99,10 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        report = build(args)
+        with interrupt_on_sigterm():
+            report = build(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: no engine or manifest was changed", file=sys.stderr)
+        return 130
     print(summary_table(report))
     return 0
 
@@ -137,12 +143,19 @@ def resolve_precisions(backend: str, precision: str | None) -> list[str]:
 
 
 def build(args: argparse.Namespace) -> BuildReport:
-    from realtime.deca.networks import load_deca_checkpoint  # torch: only now, after the cheap checks
-
     backend = resolve_backend(args.backend)
     precisions = resolve_precisions(backend, args.precision)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # everything is built in a hidden folder and moved into `out` once all is done: an interrupted or failed build
+    # changes nothing there (no half-written engine, no manifest entry for a file that is not whole)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=out) as staging:
+        return build_in(args, backend, precisions, out, Path(staging))
+
+
+def build_in(args: argparse.Namespace, backend: str, precisions: list[str], out: Path, stage: Path) -> BuildReport:
+    from realtime.deca.networks import load_deca_checkpoint
+
     checkpoint = Path(args.deca_data) / engines.CHECKPOINT_NAME
     sources = args.calibration or [MEDIA]
 
@@ -154,14 +167,15 @@ def build(args: argparse.Namespace) -> BuildReport:
         ("torch fp32 reference", lambda: state.update(reference=torch_reference(state["networks"], state["crops"]))),
     ]
     for network in engines.NETWORKS:
-        steps.append((f"export {network}", lambda n=network: export_onnx(torch_module(state["networks"], n), n, out)))
+        steps.append((f"export {network}", lambda n=network: export_onnx(torch_module(state["networks"], n), n,
+                                                                        stage)))
     rows: list[Row] = []
     refused: dict[str, str] = {}
     built: list[dict[str, Any]] = []
     for precision in precisions:
         for network in engines.NETWORKS:
             def step(n: str = network, p: str = precision) -> None:
-                entry, row = build_one(n, p, backend, out, state, args.runs)
+                entry, row = build_one(n, p, backend, stage, state, args.runs)
                 rows.append(row)
                 if entry is None:
                     refused[f"{n} {p}"] = row.status
@@ -179,6 +193,10 @@ def build(args: argparse.Namespace) -> BuildReport:
     dropped = {(n, backend, p) for n, p in (key.split() for key in refused)}
     kept = [e for e in engines.read_manifest(out)
             if (e.get("network"), e.get("backend"), e.get("precision")) not in rebuilt | dropped]
+    for built_file in sorted(stage.iterdir()):
+        built_file.replace(out / built_file.name)
+    for network, precision in (key.split() for key in refused):
+        (out / f"{network}.{precision}.onnx").unlink(missing_ok=True)  # an older build of a refused engine
     manifest = engines.write_manifest(out, kept + built) if built or kept else None
     for why in refused.values():
         log.warning("%s", why)
