@@ -34,44 +34,52 @@ MAX_GAIN = 3.0
 
 @dataclass(frozen=True, eq=False)
 class ResponseModel:
-    neutral: np.ndarray  # (51,) the scores read on the avatar's neutral face
-    slope: np.ndarray  # (51,) the change of each score per unit of its own weight
+    neutral: np.ndarray  # (51,) the scores read on the avatar's neutral face, facing the camera
+    pitches: np.ndarray  # (P,) head pitches measured, degrees (up positive), increasing
+    slope: np.ndarray  # (51, P) the change of each score per unit of its own weight, at each pitch
 
     @classmethod
     def plain(cls) -> "ResponseModel":
         """No correction: the weights copy the scores."""
         n = len(BLENDSHAPE_NAMES)
-        return cls(np.zeros(n), np.ones(n))
+        return cls(np.zeros(n), np.zeros(1), np.ones((n, 1)))
 
     @classmethod
     def load(cls, path: Path = DEFAULT_PATH) -> "ResponseModel":
         rows = {}
         for line in path.read_text().splitlines():
             if line and not line.startswith("#"):
-                name, neutral, slope = line.split()
-                rows[name] = (float(neutral), float(slope))
-        neutral, slope = np.array([rows[name] for name in BLENDSHAPE_NAMES]).T
-        return cls(neutral, slope)
+                name, *values = line.split()
+                rows[name] = np.array([float(v) for v in values])
+        table = np.array([rows[name] for name in BLENDSHAPE_NAMES])
+        return cls(table[:, 0], rows["pitch"], table[:, 1:])
 
     @classmethod
-    def fit(cls, levels: np.ndarray, scores: np.ndarray) -> "ResponseModel":
-        """From (51, L) scores, each blendshape's own, read with it alone at ``levels`` (L,)."""
+    def fit(cls, levels: np.ndarray, pitches: np.ndarray, scores: np.ndarray) -> "ResponseModel":
+        """From (51, P, L) scores, each blendshape's own, read with it alone at ``levels`` (L,) and head ``pitches``
+        (P,) in degrees, one of them 0."""
         centred = levels - levels.mean()
-        slope = (scores - scores.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
-        return cls(scores[:, 0], slope)
+        slope = (scores - scores.mean(axis=2, keepdims=True)) @ centred / (centred @ centred)
+        return cls(scores[:, list(pitches).index(0.0), 0], np.asarray(pitches, np.float64), slope)
 
     def save(self, path: Path) -> None:
-        lines = ["# blendshape, the avatar's neutral score, score per unit weight (tools/calibrate_response.py)"]
-        lines += [f"{name} {n:.4f} {s:.4f}" for name, n, s in zip(BLENDSHAPE_NAMES, self.neutral, self.slope,
-                                                                    strict=True)]
+        lines = ["# blendshape, the avatar's neutral score facing the camera, then its score per unit weight at each "
+                 "head pitch (tools/calibrate_response.py)",
+                 "pitch " + " ".join(f"{p:g}" for p in self.pitches)]
+        lines += [f"{name} {n:.4f} " + " ".join(f"{v:.4f}" for v in row)
+                  for name, n, row in zip(BLENDSHAPE_NAMES, self.neutral, self.slope, strict=True)]
         path.write_text("\n".join(lines) + "\n")
 
-    @property
-    def gains(self) -> np.ndarray:
-        """(51,) the factor from the driver's departure from rest to the weight, per blendshape."""
-        corrected = np.isin(BLENDSHAPE_NAMES, CORRECTED) & (self.slope > 1.0 / MAX_GAIN)
-        return np.where(corrected, 1.0 / np.where(corrected, self.slope, 1.0), 1.0)
+    def gains(self, pitch: float = 0.0) -> np.ndarray:
+        """(51,) the factor from the driver's departure from rest to the weight, per blendshape, for an avatar whose
+        head is pitched ``pitch`` degrees (up positive): MediaPipe reads an open jaw on a lowered head as less open."""
+        position = np.interp(pitch, self.pitches, np.arange(len(self.pitches)))
+        low = int(np.floor(position))
+        high = min(low + 1, len(self.pitches) - 1)
+        slope = self.slope[:, low] + (position - low) * (self.slope[:, high] - self.slope[:, low])
+        corrected = np.isin(BLENDSHAPE_NAMES, CORRECTED) & (slope > 1.0 / MAX_GAIN)
+        return np.where(corrected, 1.0 / np.where(corrected, slope, 1.0), 1.0)
 
-    def weights(self, departure: np.ndarray) -> np.ndarray:
+    def weights(self, departure: np.ndarray, pitch: float = 0.0) -> np.ndarray:
         """(51,) the driver's scores minus their rest -> (51,) blendshape weights in [0, 1]."""
-        return np.clip(departure * self.gains, 0.0, 1.0)
+        return np.clip(departure * self.gains(pitch), 0.0, 1.0)

@@ -13,8 +13,8 @@ from realtime.tracker import FaceObservation
 # lids must stay fast (a blink lasts 3-5 frames), the gaze jumps, the mouth and brows move at speech rate, the head is
 # heavy and can be smoothest. Tuned with tools/evaluate.py on the sample clips (jitter against lag).
 EXPRESSION_FILTER_TUNING: dict[str, tuple[float, float, float]] = {
-    "eyeBlink": (3.0, 40.0, 1.0), "eyeSquint": (3.0, 40.0, 1.0), "eyeWide": (3.0, 40.0, 1.0),
-    "eyeLook": (2.0, 30.0, 1.0), "brow": (2.0, 20.0, 1.0), "": (2.0, 20.0, 1.0),  # "": mouth, jaw, cheeks, nose
+    "eyeBlink": (3.0, 40.0, 1.0), "eyeSquint": (2.0, 20.0, 1.0), "eyeWide": (2.0, 20.0, 1.0),
+    "eyeLook": (2.0, 30.0, 1.0), "brow": (1.5, 10.0, 1.0), "": (1.5, 10.0, 1.0),  # "": mouth, jaw, cheeks, nose
 }
 HEAD_FILTER_TUNING = (0.5, 0.5, 1.0)  # beta in s/rad
 
@@ -59,6 +59,11 @@ def head_rotation(transform: np.ndarray) -> np.ndarray:
     if np.linalg.norm(transform[:3, 3]) > 1e-6:
         rotation = view_ray_rotation(transform[:3, 3]).T @ rotation
     return rotation
+
+
+def head_pitch(rotation: np.ndarray) -> float:
+    """Degrees the face of a head turned by ``rotation`` (3, 3) looks up (negative: down)."""
+    return float(np.degrees(np.arcsin(np.clip(rotation[1, 2], -1.0, 1.0))))
 
 
 def rotate_toward(current: np.ndarray, target: np.ndarray, amount: float) -> np.ndarray:
@@ -115,12 +120,12 @@ class Retargeter:
 
     def target(self, face: FaceObservation) -> AvatarPose:
         """The pose ``face`` asks for, before any blending over time."""
-        weights = self._response.weights(face.blendshapes - self._rest)
-        expression = np.clip(self._matrix @ weights, 0.0, 1.0).astype(np.float32)
         rotation = head_rotation(face.transform) if self.options.head_pose else np.eye(3)
         if self.options.mirrored:
             flip = np.diag([-1.0, 1.0, 1.0])
             rotation = flip @ rotation @ flip
+        weights = self._response.weights(face.blendshapes - self._rest, head_pitch(rotation))
+        expression = np.clip(self._matrix @ weights, 0.0, 1.0).astype(np.float32)
         return AvatarPose(expression, rotation, tracked=True)
 
     def filtered(self, pose: AvatarPose, dt: float) -> AvatarPose:

@@ -80,12 +80,17 @@ def test_filter_halves_jitter_and_adds_at_most_a_frame_of_lag(carphone, astronau
     assert all(abs(c.filter_lag) <= 1.0 for c in result.channels if np.isfinite(c.filter_lag)), result.table()
 
 
-@pytest.mark.xfail(strict=True, reason="target not met: the avatar's jawOpen reads 0.6-0.7 of the driver's on the "
-                   "carphone clip (MediaPipe scores ICT's open jaw lower as the head pitches); blinks 1.2-1.3")
-def test_gains_on_a_real_clip(carphone, astronaut_pipeline) -> None:
+def test_jaw_gain_on_a_real_clip(carphone, astronaut_pipeline) -> None:
+    """The avatar's open jaw reads as open as the driver's, the head's pitch included."""
+    result = report(carphone, expression_names=astronaut_pipeline.model.expression_names)
+    assert 0.8 <= {c.name: c for c in result.channels}["jawOpen"].gain <= 1.25, result.table()
+
+
+@pytest.mark.xfail(reason="target not met: the avatar's blinks swing 1.25-1.3 times the driver's on this clip")
+def test_blink_gain_on_a_real_clip(carphone, astronaut_pipeline) -> None:
     result = report(carphone, expression_names=astronaut_pipeline.model.expression_names)
     channels = {c.name: c for c in result.channels}
-    for name in ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight"):
+    for name in ("eyeBlinkLeft", "eyeBlinkRight"):
         assert 0.8 <= channels[name].gain <= 1.25, result.table()
 
 
@@ -183,3 +188,25 @@ def test_open_mouth_shows_teeth_and_interior_never_the_background(
     background = np.abs(inside - np.array([22, 24, 29])).max(axis=1) < 12
     assert teeth.mean() > 0.03, f"teeth-coloured pixels inside the lips: {teeth.mean():.3f}"
     assert background.mean() < 0.01, "no hole through the head"
+
+
+def test_gains_follow_the_head_pitch_and_survive_a_round_trip(tmp_path) -> None:
+    from realtime.response import MAX_GAIN, ResponseModel
+    from realtime.retarget import head_pitch
+
+    jaw, frown = BLENDSHAPE_NAMES.index("jawOpen"), BLENDSHAPE_NAMES.index("mouthFrownLeft")
+    slope = np.full((len(BLENDSHAPE_NAMES), 3), 0.5)
+    slope[jaw] = [0.8, 0.5, 0.4]
+    model = ResponseModel(np.zeros(len(BLENDSHAPE_NAMES)), np.array([-20.0, 0.0, 20.0]), slope)
+    assert model.gains(10.0)[jaw] == pytest.approx(1 / 0.45)
+    assert model.gains(-40.0)[jaw] == pytest.approx(1 / 0.8), "clamped to the measured range"
+    assert model.gains(0.0)[frown] == 1.0, "not a corrected blendshape: copied"
+    slope[jaw] = 0.1
+    assert model.gains(0.0)[jaw] == 1.0, f"a slope under 1/{MAX_GAIN} is not read: copied"
+    model.save(tmp_path / "response.txt")
+    loaded = ResponseModel.load(tmp_path / "response.txt")
+    np.testing.assert_allclose(loaded.slope, model.slope, atol=1e-4)
+    np.testing.assert_allclose(loaded.pitches, model.pitches)
+    up = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(0.3), np.sin(0.3)], [0.0, -np.sin(0.3), np.cos(0.3)]])
+    assert up @ np.array([0.0, 0.0, 1.0]) @ np.array([0.0, 1.0, 0.0]) > 0 and head_pitch(up) == pytest.approx(
+        np.degrees(0.3))

@@ -22,19 +22,27 @@ from realtime.retarget import AvatarPose, RetargetOptions  # noqa: E402
 from realtime.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode  # noqa: E402
 
 LEVELS = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+PITCHES = np.array([-20.0, -10.0, 0.0, 10.0, 20.0])  # degrees, up positive: the head's range in a video call
 
 
 def measure(pipeline: RetargetPipeline, tracker: FaceTracker) -> np.ndarray:
-    """(51, L) the score read for each blendshape driven alone at each of `LEVELS`."""
+    """(51, P, L) the score read for each blendshape driven alone at each of `LEVELS`, the head at `PITCHES`."""
     matrix = blendshape_matrix(pipeline.model.expression_names)
-    scores = np.full((len(BLENDSHAPE_NAMES), len(LEVELS)), np.nan)
+    scores = np.full((len(BLENDSHAPE_NAMES), len(PITCHES), len(LEVELS)), np.nan)
     for channel in tqdm(range(len(BLENDSHAPE_NAMES)), desc=pipeline.options.identity.name, unit="shape"):
-        for level, weight in enumerate(LEVELS):
-            pose = AvatarPose((matrix[:, channel] * weight).astype(np.float32), np.eye(3), tracked=True)
-            seen = tracker.track(pipeline.render_pose(pose))
-            if seen is not None:
-                scores[channel, level] = seen.blendshapes[channel]
+        for p, pitch in enumerate(PITCHES):
+            for level, weight in enumerate(LEVELS):
+                expression = (matrix[:, channel] * weight).astype(np.float32)
+                seen = tracker.track(pipeline.render_pose(AvatarPose(expression, pitch_rotation(pitch), True)))
+                if seen is not None:
+                    scores[channel, p, level] = seen.blendshapes[channel]
     return scores
+
+
+def pitch_rotation(degrees: float) -> np.ndarray:
+    """(3, 3) the head turned ``degrees`` up (negative: down), about the x axis."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, s], [0.0, -s, c]])
 
 
 def main() -> int:
@@ -56,7 +64,7 @@ def main() -> int:
     scores = np.nanmean(np.array(measured), axis=0)
     if np.isnan(scores).any():
         raise SystemExit("the avatar was not tracked at some weights: try other photos")
-    ResponseModel.fit(LEVELS, scores).save(args.out)
+    ResponseModel.fit(LEVELS, PITCHES, scores).save(args.out)
     logging.info("wrote %s", args.out)
     return 0
 
