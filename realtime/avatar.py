@@ -192,7 +192,6 @@ class Avatar:
             looks = [model.expression_index(f"eyeLook{d}{suffix}") for d in ("Out", "In", "Up", "Down")]
             blink = model.expression_index(f"eyeBlink{suffix}")
             self._eyes.append((vertices, center.astype(np.float32), looks, blink, outward))
-        self._blinks = [blink for _, _, _, blink, _ in self._eyes]
 
     def pose(self, expression_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(53,) ICT expression weights -> (N, 3) vertices and (N, 3) approximate, unnormalised normals."""

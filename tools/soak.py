@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -137,12 +138,16 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     return summarise(args, sampler.samples, stats.frames_out, stats.frames_held, recorded, fps)
 
 
+def steady(counts: Iterable[int]) -> int:
+    return int(np.median(list(counts)))
+
+
 def summarise(args: argparse.Namespace, samples: list[Sample], frames_out: int, frames_held: int,
               recorded: int | None, fps: float) -> dict[str, Any]:
     after = [s for s in samples if s.frames >= args.warmup] or samples[-1:]
     first, last = after[0], after[-1]
-    # descriptors and threads come and go for a moment (the capture reopening the looped clip): compare the baseline,
-    # the fewest seen, of the first and the last tenth of the samples after the warm-up
+    # descriptors and threads come and go for a moment (the capture reopening the looped clip): compare the steady
+    # count, the median, of the first and the last tenth of the samples after the warm-up
     window = max(1, len(after) // 10)
     early, late = after[:window], after[-window:]
     arrivals = np.array(ArrivalCamera.arrivals[args.warmup:])
@@ -156,9 +161,9 @@ def summarise(args: argparse.Namespace, samples: list[Sample], frames_out: int, 
         "output_fps": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0.0,
         "rss_mb": {"after_warmup": first.rss_mb, "end": last.rss_mb, "max": max(s.rss_mb for s in after),
                    "growth": max(s.rss_mb for s in after) - first.rss_mb},
-        "fds": {"after_warmup": min(s.fds for s in early), "end": min(s.fds for s in late),
+        "fds": {"after_warmup": steady(s.fds for s in early), "end": steady(s.fds for s in late),
                 "max": max(s.fds for s in after)},
-        "threads": {"after_warmup": min(s.threads for s in early), "end": min(s.threads for s in late),
+        "threads": {"after_warmup": steady(s.threads for s in early), "end": steady(s.threads for s in late),
                     "max": max(s.threads for s in after)},
         "gap_ms": {"median": float(np.median(gaps_ms)), "p99": float(np.percentile(gaps_ms, 99)),
                    "max": float(gaps_ms.max()), "over_limit": int((gaps_ms > MAX_STALL_MS).sum())},
