@@ -97,3 +97,19 @@ class RotationFilter:
         alpha = float(smoothing_factor(float(p.min_cutoff) + float(p.beta) * self._speed, dt))
         self._rotation = self._rotation @ rotation_exp(alpha * step)
         return self._rotation.copy()
+
+
+class PoseFilter:
+    """An avatar pose's filters: One Euro on its expression weights, `RotationFilter` on its head, reset together."""
+
+    def __init__(self, expression: OneEuroParameters, head: OneEuroParameters) -> None:
+        self._expression = OneEuroFilter(expression)
+        self._head = RotationFilter(head)
+
+    def reset(self) -> None:
+        self._expression.reset()
+        self._head.reset()
+
+    def __call__(self, expression: np.ndarray, rotation: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """(C,) weights and a (3, 3) rotation -> the filtered (C,) float32 weights and rotation."""
+        return self._expression(expression, dt).astype(np.float32), self._head(rotation, dt)

@@ -30,6 +30,7 @@ DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "ict_response.txt"
 CORRECTED = ("jawOpen", "mouthSmileLeft", "mouthSmileRight", "eyeBlinkLeft", "eyeBlinkRight", "mouthFunnel",
              "mouthPucker", "browInnerUp", "browOuterUpLeft", "browOuterUpRight")
 MAX_GAIN = 3.0
+_CORRECTED = np.isin(BLENDSHAPE_NAMES, CORRECTED)  # (51,) bool
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +78,7 @@ class ResponseModel:
         low = int(np.floor(position))
         high = min(low + 1, len(self.pitches) - 1)
         slope = self.slope[:, low] + (position - low) * (self.slope[:, high] - self.slope[:, low])
-        corrected = np.isin(BLENDSHAPE_NAMES, CORRECTED) & (slope > 1.0 / MAX_GAIN)
+        corrected = _CORRECTED & (slope > 1.0 / MAX_GAIN)
         return np.where(corrected, 1.0 / np.where(corrected, slope, 1.0), 1.0)
 
     def weights(self, departure: np.ndarray, pitch: float = 0.0) -> np.ndarray:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from realtime.avatar import blendshape_matrix
-from realtime.filtering import OneEuroFilter, OneEuroParameters, RotationFilter
+from realtime.filtering import OneEuroParameters, PoseFilter
 from realtime.response import ResponseModel
 from realtime.tracker import FaceObservation
 
@@ -106,10 +106,10 @@ class Retargeter:
         self._rest = self._response.neutral  # the user's resting scores; until calibrated, the avatar's neutral
         self._recovering = False  # blending back to the tracked pose after the face was lost
         self._seen_in_a_row = 0  # frames with a face since the last frame without
-        self._expression_filter = self._head_filter = None
+        self._filter = None
         if options.smoothing > 0:
-            self._expression_filter = OneEuroFilter(expression_filter_parameters(expression_names, options.smoothing))
-            self._head_filter = RotationFilter(head_filter_parameters(options.smoothing))
+            self._filter = PoseFilter(expression_filter_parameters(expression_names, options.smoothing),
+                                      head_filter_parameters(options.smoothing))
 
     def calibrate_neutral(self, face: FaceObservation) -> None:
         """From now on, ``face``'s blendshape scores count as the neutral face (its resting smile, brows, ...)."""
@@ -130,15 +130,9 @@ class Retargeter:
 
     def filtered(self, pose: AvatarPose, dt: float) -> AvatarPose:
         """``pose`` after the temporal filters (unchanged with smoothing 0)."""
-        if self._expression_filter is None or self._head_filter is None:
+        if self._filter is None:
             return pose
-        expression = self._expression_filter(pose.expression, dt).astype(np.float32)
-        return AvatarPose(expression, self._head_filter(pose.rotation, dt), pose.tracked)
-
-    def reset_filters(self) -> None:
-        if self._expression_filter is not None and self._head_filter is not None:
-            self._expression_filter.reset()
-            self._head_filter.reset()
+        return AvatarPose(*self._filter(pose.expression, pose.rotation, dt), pose.tracked)
 
     def update(self, face: FaceObservation | None, dt: float) -> AvatarPose:
         """The pose for this frame; ``dt`` is the time since the previous frame in seconds."""
@@ -154,7 +148,8 @@ class Retargeter:
             else:
                 self._pose = wanted
             return self._pose
-        self.reset_filters()  # the pose eases or holds now; when the face returns, the filters start afresh
+        if self._filter is not None:
+            self._filter.reset()  # the pose eases or holds now; when the face returns, the filters start afresh
         if self.options.hold_when_lost:
             self._recovering = True
             self._pose = AvatarPose(previous.expression, previous.rotation, tracked=False)

@@ -272,14 +272,19 @@ def test_detail_normals_match_reference(detail_pass, scene):
     assert np.all(gpu[margin_check & (scene["mask"] == 1)] == 0)
 
 
-def test_flat_region_without_displacement_keeps_the_coarse_normal(detail_pass, scene):
+def run_without_fixed_displacement(detail_pass, scene, displacement: np.ndarray) -> np.ndarray:
+    """The detail normals of ``displacement`` alone, from a pass whose fixed displacement is zero."""
     zero = np.zeros((SIZE, SIZE), np.float32)
-    flat_pass = DetailNormalPass(detail_pass.ctx, scene["uv"], scene["triangles"], scene["mask"], zero)
+    gpu_pass = DetailNormalPass(detail_pass.ctx, scene["uv"], scene["triangles"], scene["mask"], zero)
     try:
-        flat_pass.run(scene["vertices"], scene["normals"], zero)
-        gpu = flat_pass.read()
+        gpu_pass.run(scene["vertices"], scene["normals"], displacement)
+        return gpu_pass.read()
     finally:
-        flat_pass.release()
+        gpu_pass.release()
+
+
+def test_flat_region_without_displacement_keeps_the_coarse_normal(detail_pass, scene):
+    gpu = run_without_fixed_displacement(detail_pass, scene, np.zeros((SIZE, SIZE), np.float32))
     inside = flat_interior(scene["mask"])
     assert inside.sum() > 1000
     np.testing.assert_allclose(gpu[inside], np.broadcast_to([0, 0, 1], gpu[inside].shape), atol=1e-6)
@@ -290,15 +295,9 @@ def test_a_slope_along_u_tilts_the_normal_towards_minus_u(detail_pass, scene):
     u, _ = texel_uv()
     slope = 0.2  # height per world unit along x
     ramp = (slope * FLAT_SCALE * u).astype(np.float32)  # displacement rising along +u
-    zero = np.zeros((SIZE, SIZE), np.float32)
-    ramp_pass = DetailNormalPass(detail_pass.ctx, scene["uv"], scene["triangles"], scene["mask"], zero)
-    try:
-        ramp_pass.run(scene["vertices"], scene["normals"], ramp)
-        gpu = ramp_pass.read()
-    finally:
-        ramp_pass.release()
+    gpu = run_without_fixed_displacement(detail_pass, scene, ramp)
     reference = displacement2normal(scene["table"], scene["triangles"], scene["vertices"], scene["normals"],
-                                    ramp.astype(float), scene["mask"].astype(float), zero.astype(float))["detail"]
+                                    ramp.astype(float), scene["mask"].astype(float), np.zeros((SIZE, SIZE)))["detail"]
     inside = flat_interior(scene["mask"])
     expected = np.array([-slope, 0, 1]) / np.hypot(slope, 1)
     np.testing.assert_allclose(reference[inside], np.broadcast_to(expected, reference[inside].shape), atol=1e-5)

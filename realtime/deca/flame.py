@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from realtime.deca.safe_pickle import UnsafePickleError, restricted_load
+from realtime.deca.safe_pickle import refused_in_one_line, restricted_load
 from realtime.errors import UserError
 from realtime.ict_model import read_obj, split_uv_seams
 
@@ -170,17 +170,8 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def _model_from_pickle(pkl: Path) -> FlameModel:
     """Restricted unpickling, then checks and conversion to DECA's layout."""
-    try:
-        with open(pkl, "rb") as fp:
-            data = restricted_load(fp)
-    except UserError:
-        raise
-    except UnsafePickleError as err:
-        raise UserError(f"{pkl}: {err} {EXPECTED_PICKLE}") from err
-    except Exception as err:  # a damaged or foreign file: any parser error
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-        message = f"{pkl}: not a readable pickle ({reason}); is the download complete? {EXPECTED_PICKLE}"
-        raise UserError(message) from err
+    with refused_in_one_line(pkl, "pickle", EXPECTED_PICKLE), open(pkl, "rb") as fp:
+        data = restricted_load(fp)
     if not isinstance(data, dict):
         raise UserError(f"{pkl}: holds a {type(data).__name__}, not a dict of arrays {EXPECTED_PICKLE}")
 

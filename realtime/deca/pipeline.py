@@ -36,7 +36,7 @@ from realtime.deca.flame import (
 )
 from realtime.deca.landmark_fit import ExpressionFitter, FlameLandmarks
 from realtime.errors import UserError
-from realtime.filtering import OneEuroFilter, OneEuroParameters, RotationFilter
+from realtime.filtering import OneEuroParameters, PoseFilter
 from realtime.identity_fit import fit_weak_perspective, weak_perspective_projection
 from realtime.images import read_image
 from realtime.paths import PROJECT_ROOT, cache_dir
@@ -268,12 +268,11 @@ class DecaPipeline:
         self._pivot = identity.flame.joints[1]  # the neck joint
         self._pose = self.neutral_pose()
         self._rest = np.zeros(N_EXP + N_JAW + N_EYES, np.float32)
-        self._code_filter = self._head_filter = None
+        self._filter = None
         if options.smoothing > 0:
             min_cutoff, beta = CODE_FILTER_TUNING
-            self._code_filter = OneEuroFilter(OneEuroParameters(min_cutoff / options.smoothing,
-                                                                beta / options.smoothing))
-            self._head_filter = RotationFilter(head_filter_parameters(options.smoothing))
+            self._filter = PoseFilter(OneEuroParameters(min_cutoff / options.smoothing, beta / options.smoothing),
+                                      head_filter_parameters(options.smoothing))
 
     @classmethod
     def create(cls, options: DecaOptions, ctx: moderngl.Context | None = None) -> "DecaPipeline":
@@ -317,13 +316,12 @@ class DecaPipeline:
         if face is not None:
             rotation = head_rotation(face.observation.transform) if self.options.head_pose else np.eye(3)
             codes = np.r_[face.exp, face.jaw, eye_rotations(face.observation)] - self._rest
-            if self._code_filter is not None and self._head_filter is not None:
-                codes, rotation = self._code_filter(codes, dt), self._head_filter(rotation, dt)
+            if self._filter is not None:
+                codes, rotation = self._filter(codes, rotation, dt)
             self._pose = AvatarPose(codes.astype(np.float32), rotation, True)
         else:
-            if self._code_filter is not None and self._head_filter is not None:
-                self._code_filter.reset()
-                self._head_filter.reset()
+            if self._filter is not None:
+                self._filter.reset()
             amount = 1.0 - np.exp(-max(dt, 0.0) / self.options.ease_seconds)
             self._pose = blend(self._pose, self.neutral_pose(), amount)
         return self._pose

@@ -22,12 +22,13 @@ scipy constructor from their state (so that old and new scipy state layouts both
 """
 
 import codecs
+import contextlib
 import importlib
 import io
 import logging
 import pickle
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -274,6 +275,21 @@ def to_plain(value: Any) -> Any:
     return convert(value)
 
 
+@contextlib.contextmanager
+def refused_in_one_line(path: Path, kind: str, expected: str) -> Iterator[None]:
+    """Within the block, a file refused by the restricted unpickler or one no parser can read becomes a one-line
+    `UserError` naming ``path``, what it is not (``kind``, e.g. "pickle") and what was ``expected``."""
+    try:
+        yield
+    except UserError:
+        raise
+    except UnsafePickleError as err:
+        raise UserError(f"{path}: {err} {expected}") from err
+    except Exception as err:  # a damaged or foreign file: any parser error
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        raise UserError(f"{path}: not a readable {kind} ({reason}); is the download complete? {expected}") from err
+
+
 def load_npy(path: Path) -> np.ndarray:
     """A .npy array; object arrays (pickled payloads) go through the restricted unpickler, never ``np.load``.
 
@@ -306,14 +322,8 @@ def load_landmark_embedding(path: Path) -> dict[str, np.ndarray]:
     expected = "(expected DECA's data/landmark_embedding.npy)"
     if not path.is_file():
         raise UserError(f"{path}: file not found {expected}")
-    try:
+    with refused_in_one_line(path, ".npy file", expected):
         array = load_npy(path)
-    except UserError:
-        raise
-    except UnsafePickleError as err:
-        raise UserError(f"{path}: {err} {expected}") from err
-    except Exception as err:  # a damaged or foreign file: any parser error
-        raise UserError(f"{path}: not a readable .npy file ({type(err).__name__}: {err}) {expected}") from err
     content = array.item() if array.dtype.hasobject and array.shape == () else None
     if not isinstance(content, dict):
         raise UserError(f"{path}: does not hold a dict of arrays {expected}")
