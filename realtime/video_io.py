@@ -36,7 +36,7 @@ from typing import IO
 import cv2
 import numpy as np
 
-from realtime.capture import opencv_quiet
+from realtime.capture import FILE_PROTOCOL, opencv_quiet
 from realtime.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class VideoFileSource:
         if not self.path.is_file():
             raise UserError(f"Video {self.path} could not be read as a video: it is not a file")
         with opencv_quiet():  # our one-line error says it; OpenCV's warning on stderr would be a second line
-            capture = cv2.VideoCapture(f"file:{self.path}", cv2.CAP_FFMPEG)  # never a protocol ("a:b/clip.mp4")
+            capture = cv2.VideoCapture(f"{FILE_PROTOCOL}{self.path}", cv2.CAP_FFMPEG)  # never a protocol
         try:
             if not capture.isOpened():
                 raise UserError(
@@ -253,7 +253,7 @@ class _FfmpegEncoder:
         elif container in ("mp4", "mov"):
             cmd += ["-movflags", "+faststart"]
         # "file:" keeps ffmpeg from reading a protocol ("a:b/clip.mp4") or an option ("-clip.mp4") into the name
-        cmd += ["-f", container, f"file:{out}"]
+        cmd += ["-f", container, f"{FILE_PROTOCOL}{out}"]
         # stderr goes to a file: a pipe nobody reads could fill up and deadlock ffmpeg and us.
         self.frames = 0
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
@@ -557,7 +557,7 @@ def probe_video(path: Path) -> VideoInfo:
     cmd = [
         ffprobe, "-v", "error", "-select_streams", "v:0", "-count_frames",
         "-show_entries", "stream=codec_name,width,height,r_frame_rate,avg_frame_rate,nb_read_frames",
-        "-of", "json", f"file:{path}",
+        "-of", "json", f"{FILE_PROTOCOL}{path}",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     streams = json.loads(result.stdout or "{}").get("streams") if result.returncode == 0 else None
