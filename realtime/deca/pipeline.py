@@ -22,6 +22,7 @@ import cv2
 import moderngl
 import numpy as np
 
+from realtime.avatar import GAZE_DEGREES
 from realtime.deca.crop import deca_crop
 from realtime.deca.data import DecaData
 from realtime.deca.detail_normals import DetailNormalPass
@@ -160,8 +161,6 @@ def full_pose(global_rotation: np.ndarray, jaw: np.ndarray, eyes: np.ndarray | N
 def eye_rotations(face: FaceObservation) -> np.ndarray:
     """(6,) axis-angle rotations of FLAME's left and right eyes from MediaPipe's eyeLook scores (DECA regresses no
     gaze); as the ICT avatar's eyeballs, 30 degrees sideways and 25 up or down at full score."""
-    from realtime.avatar import GAZE_DEGREES
-
     rotations = []
     for side, outward in (("Left", 1.0), ("Right", -1.0)):  # FLAME's +x is the subject's left
         look = {d: face.blendshape(f"eyeLook{d}{side}") for d in ("Out", "In", "Up", "Down")}
