@@ -123,7 +123,7 @@ def fetch_all(dest: Path | None = None, mirror: str | Path | None = None, force:
     ``$RETARGET_ASSET_MIRROR`` if set, else the official upstream URLs. Already present, valid assets are skipped
     unless ``force``. SIGTERM, like Ctrl-C, raises ``KeyboardInterrupt``, so that no temporary file is left behind.
     """
-    from realtime.video_io import interrupt_on_sigterm
+    from realtime.io.clips import interrupt_on_sigterm
 
     dest = dest or assets_dir()
     with interrupt_on_sigterm():
@@ -202,10 +202,10 @@ def convert_ict_model(dest: Path, force: bool = False) -> Path:
         raise UserError(f"ICT-FaceKit files missing or unverified in {src}; {FETCH_HINT}")
 
     try:
-        from realtime.ict_model import convert_facekit  # imported here: only this step needs the converter
+        from realtime.ict.model import convert_facekit  # imported here: only this step needs the converter
     except ImportError as err:
         raise UserError(
-            f"cannot convert ICT-FaceKit: {err}; the checkout is incomplete (realtime/ict_model.py)"
+            f"cannot convert ICT-FaceKit: {err}; the checkout is incomplete (realtime/ict/model.py)"
         ) from err
 
     # The temporary name must end in .npz: numpy's savez appends the suffix to any path that lacks it.

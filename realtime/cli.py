@@ -207,9 +207,9 @@ def build_pipeline(args: argparse.Namespace, ctx=None):  # -> RetargetPipeline |
                                                style=args.style, detail=not args.no_detail, backend=args.backend,
                                                head_pose=args.head_pose, background=color,
                                                smoothing=args.smoothing), ctx)
-    from realtime.pipeline import PipelineOptions, RetargetPipeline
-    from realtime.renderer import RenderOptions
-    from realtime.retarget import RetargetOptions
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.ict.retarget import RetargetOptions
+    from realtime.rendering.renderer import RenderOptions
 
     options = PipelineOptions(
         identity=first,
@@ -233,8 +233,8 @@ def check_record_path(args: argparse.Namespace) -> None:
 
 
 def run_offline(args: argparse.Namespace) -> int:
-    from realtime.offline import render_clip
-    from realtime.video_io import open_video
+    from realtime.io.clips import open_video
+    from realtime.loops.offline import render_clip
 
     source = Path(args.source)
     if not source.is_file():
@@ -264,10 +264,10 @@ def run_offline(args: argparse.Namespace) -> int:
 
 
 def run_live(args: argparse.Namespace) -> int:
-    from realtime.capture import Capture, CaptureOptions
-    from realtime.live import LiveLoop, LiveOptions
-    from realtime.virtual_camera import VirtualCamera
-    from realtime.window import PreviewWindow
+    from realtime.io.capture import Capture, CaptureOptions
+    from realtime.io.virtual_camera import VirtualCamera
+    from realtime.io.window import PreviewWindow
+    from realtime.loops.live import LiveLoop, LiveOptions
 
     check_record_path(args)
     if is_clip(args.source) and not Path(args.source).is_file():
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(check.line() for check in run_doctor(args.deca_data)))
             return 0
         if args.list_cameras:
-            from realtime.capture import list_cameras
+            from realtime.io.capture import list_cameras
 
             print("\n".join(list_cameras()) or "no camera devices found")
             return 0

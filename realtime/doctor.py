@@ -38,7 +38,7 @@ def probe_assets() -> str:
 
 
 def probe_gl() -> str:
-    from realtime.renderer import create_context
+    from realtime.rendering.renderer import create_context
 
     ctx = create_context()
     try:
@@ -55,7 +55,7 @@ def probe_ffmpeg() -> str:
 
 
 def probe_cameras() -> str:
-    from realtime.capture import list_cameras
+    from realtime.io.capture import list_cameras
 
     cameras = list_cameras()
     if not cameras:
@@ -66,7 +66,7 @@ def probe_cameras() -> str:
 def probe_virtual_camera() -> str:
     import pyvirtualcam
 
-    from realtime.virtual_camera import install_advice
+    from realtime.io.virtual_camera import install_advice
 
     try:
         with pyvirtualcam.Camera(640, 480, 30) as camera:

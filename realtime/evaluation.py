@@ -14,12 +14,12 @@ import moderngl
 import numpy as np
 from tqdm import tqdm
 
-from realtime.avatar import ict_shape_names
-from realtime.landmark_map import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, LandmarkMap
-from realtime.pipeline import PipelineOptions, RetargetPipeline
-from realtime.retarget import Retargeter, RetargetOptions
-from realtime.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode
-from realtime.video_io import ClipWriter, open_video
+from realtime.ict.avatar import ict_shape_names
+from realtime.ict.landmark_map import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, LandmarkMap
+from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+from realtime.ict.retarget import Retargeter, RetargetOptions
+from realtime.io.clips import ClipWriter, open_video
+from realtime.tracking.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode
 
 # The blendshapes the report covers: what a viewer notices first.
 REPORTED = ("jawOpen", "mouthSmileLeft", "mouthSmileRight", "mouthFunnel", "mouthPucker", "eyeBlinkLeft",

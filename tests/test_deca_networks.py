@@ -20,7 +20,7 @@ from realtime.deca.networks import (  # noqa: E402
     load_deca_checkpoint,
 )
 from realtime.errors import UserError  # noqa: E402
-from realtime.images import read_image  # noqa: E402
+from realtime.io.images import read_image  # noqa: E402
 from tests import deca_checkpoint  # noqa: E402
 from tests.conftest import PROJECT, media  # noqa: E402
 

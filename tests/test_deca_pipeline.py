@@ -66,7 +66,7 @@ def test_photo_projection_is_decas_camera_then_the_inverse_crop(deca_folder) -> 
 @pytest.mark.parametrize("style", ["textured", "shape"])
 def test_deca_pipeline_renders_the_flame_head_and_follows_the_jaw(deca_folder, gl_context, style) -> None:
     from realtime.deca.pipeline import DecaOptions, DecaPipeline
-    from realtime.retarget import AvatarPose
+    from realtime.ict.retarget import AvatarPose
 
     options = DecaOptions(identity=media("skimage_astronaut.png"), deca_data=deca_folder, style=style)
     pipeline = DecaPipeline.create(options, gl_context)
@@ -106,7 +106,7 @@ def test_detail_changes_the_shading(deca_folder, gl_context) -> None:
 
 
 def test_run_py_with_deca_data_retargets_a_clip(deca_folder, assets, tmp_path) -> None:
-    from realtime.video_io import probe_video
+    from realtime.io.clips import probe_video
 
     out = tmp_path / "deca.mp4"
     result = subprocess.run(
@@ -138,7 +138,7 @@ def flame_only_folder(deca_folder: Path, tmp_path_factory) -> Path:
 
 def test_without_decas_networks_the_landmarks_drive_flame(flame_only_folder, deca_folder, gl_context) -> None:
     from realtime.deca.pipeline import DecaOptions, DecaPipeline
-    from realtime.images import read_image
+    from realtime.io.images import read_image
 
     assert DecaData.open(flame_only_folder).embedding().name == "landmark_embedding.npy"
     options = DecaOptions(identity=media("skimage_astronaut.png"), deca_data=flame_only_folder, style="shape")
@@ -167,10 +167,10 @@ def test_live_deca_tracks_on_a_worker_thread(deca_folder, gl_context) -> None:
     """The DECA path live: tracking and posing on the worker thread, drawing here; frames flow, nothing is left."""
     import threading
 
-    from realtime.capture import Capture, CaptureOptions
     from realtime.deca.pipeline import DecaOptions, DecaPipeline
-    from realtime.live import LiveLoop, LiveOptions
-    from realtime.virtual_camera import VirtualCamera
+    from realtime.io.capture import Capture, CaptureOptions
+    from realtime.io.virtual_camera import VirtualCamera
+    from realtime.loops.live import LiveLoop, LiveOptions
     from tests.virtual_camera_backend import RecordingBackend, registered_backend
 
     pipeline = DecaPipeline.create(DecaOptions(identity=media("skimage_astronaut.png"), deca_data=deca_folder,
@@ -196,9 +196,9 @@ def test_flame_eyes_follow_the_drivers_gaze(image_tracker) -> None:
     import dataclasses
 
     from realtime.deca.pipeline import eye_rotations
-    from realtime.filtering import rotation_exp
-    from realtime.images import read_image
-    from realtime.tracker import BLENDSHAPE_NAMES
+    from realtime.io.images import read_image
+    from realtime.tracking.filtering import rotation_exp
+    from realtime.tracking.tracker import BLENDSHAPE_NAMES
 
     face = image_tracker.track(read_image(media("pyfeat_single_face.jpg")))
     scores = np.zeros(len(BLENDSHAPE_NAMES), np.float32)

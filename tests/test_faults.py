@@ -27,15 +27,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from realtime.capture import Capture, CaptureOptions
 from realtime.cli import main
 from realtime.errors import UserError
-from realtime.identity import prepare_identity
-from realtime.images import MAX_SIDE, read_image
-from realtime.live import LiveLoop, LiveOptions
-from realtime.pipeline import PipelineOptions, RetargetPipeline
-from realtime.video_io import probe_video
-from realtime.virtual_camera import VirtualCamera
+from realtime.ict.identity import prepare_identity
+from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+from realtime.io.capture import Capture, CaptureOptions
+from realtime.io.clips import probe_video
+from realtime.io.images import MAX_SIDE, read_image
+from realtime.io.virtual_camera import VirtualCamera
+from realtime.loops.live import LiveLoop, LiveOptions
 from tests.conftest import PROJECT, media
 from tests.virtual_camera_backend import FailingBackend, RecordingBackend, registered_backend
 
@@ -306,7 +306,7 @@ def test_a_full_disk_while_caching_an_identity_leaves_no_entry(ict_model, gl_con
 PREPARE = """
 import sys
 from pathlib import Path
-from realtime.pipeline import PipelineOptions, RetargetPipeline
+from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
 RetargetPipeline.create(PipelineOptions(identity=Path(sys.argv[1]))).close()
 """
 
@@ -355,7 +355,7 @@ def test_a_virtual_camera_failing_mid_stream_leaves_the_other_outputs_running(
         stats = LiveLoop(pipeline, capture, camera, None, LiveOptions(record=out, max_frames=60)).run()
         device = RecordingBackend.last()
     assert len(device.frames) == 9 and device.send_calls == 10, "the device was dropped after its first failure"
-    reports = [r.getMessage() for r in caplog.records if r.name == "realtime.virtual_camera"]
+    reports = [r.getMessage() for r in caplog.records if r.name == "realtime.io.virtual_camera"]
     assert len(reports) == 1 and "failed after 9 frames and is closed: device disconnected" in reports[0], reports
     assert stats.frames_out == 60 and probe_video(out).frame_count == 60, "the recording got every frame"
 

@@ -150,7 +150,7 @@ def fetched(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def converted(fetched: Path) -> Path:
-    pytest.importorskip("realtime.ict_model", reason="realtime/ict_model.py (the converter) is not written yet")
+    pytest.importorskip("realtime.ict.model", reason="realtime/ict/model.py (the converter) is not written yet")
     convert_ict_model(fetched)
     return fetched
 

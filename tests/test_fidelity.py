@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from realtime.evaluation import blinks, lag, record, report
-from realtime.filtering import OneEuroFilter, OneEuroParameters, RotationFilter, rotation_exp, rotation_log
-from realtime.retarget import AvatarPose, Retargeter
-from realtime.tracker import BLENDSHAPE_NAMES, FaceObservation
+from realtime.ict.retarget import AvatarPose, Retargeter
+from realtime.tracking.filtering import OneEuroFilter, OneEuroParameters, RotationFilter, rotation_exp, rotation_log
+from realtime.tracking.tracker import BLENDSHAPE_NAMES, FaceObservation
 from tests.conftest import media
 
 
@@ -112,7 +112,7 @@ def driver_face(base: FaceObservation, **scores: float) -> FaceObservation:
 @pytest.fixture(scope="module")
 def resting_face(image_tracker):
     """A real tracked face with a calm expression (the pyfeat portrait), to vary one score at a time."""
-    from realtime.images import read_image
+    from realtime.io.images import read_image
 
     face = image_tracker.track(read_image(media("pyfeat_single_face.jpg")))
     assert face is not None
@@ -139,8 +139,8 @@ def test_full_scores_reach_full_shapes_and_winks_stay_one_sided(
 
 def test_closed_eyes_hide_the_eyeballs(astronaut_pipeline, ict_model, gl_context) -> None:
     """No eyeball pokes through closed lids: with the eyeballs painted pure green, a full blink shows none."""
-    from realtime.avatar import build_avatar_mesh
-    from realtime.renderer import AvatarRenderer, RenderOptions
+    from realtime.ict.avatar import build_avatar_mesh
+    from realtime.rendering.renderer import AvatarRenderer, RenderOptions
 
     mesh = build_avatar_mesh(ict_model)
     eyes = np.unique(ict_model.triangles[ict_model.part_mask("sclera_left", "sclera_right", "iris_left",
@@ -191,8 +191,8 @@ def test_open_mouth_shows_teeth_and_interior_never_the_background(
 
 
 def test_gains_follow_the_head_pitch_and_survive_a_round_trip(tmp_path) -> None:
-    from realtime.response import MAX_GAIN, ResponseModel
-    from realtime.retarget import head_pitch
+    from realtime.ict.response import MAX_GAIN, ResponseModel
+    from realtime.ict.retarget import head_pitch
 
     jaw, frown = BLENDSHAPE_NAMES.index("jawOpen"), BLENDSHAPE_NAMES.index("mouthFrownLeft")
     slope = np.full((len(BLENDSHAPE_NAMES), 3), 0.5)

@@ -17,7 +17,7 @@ from PIL import Image
 import tests.deca_fixtures as fx
 from realtime.deca.flame import import_flame
 from realtime.errors import UserError
-from realtime.images import MAX_SIDE, read_image
+from realtime.io.images import MAX_SIDE, read_image
 
 pytestmark = pytest.mark.faults
 

@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime.avatar import blendshape_matrix
 from realtime.errors import UserError
-from realtime.identity import prepare_identity
-from realtime.identity_fit import fit_identity
-from realtime.images import read_image
-from realtime.landmark_map import LandmarkMap
-from realtime.retarget import AvatarPose
+from realtime.ict.avatar import blendshape_matrix
+from realtime.ict.identity import prepare_identity
+from realtime.ict.identity_fit import fit_identity
+from realtime.ict.landmark_map import LandmarkMap
+from realtime.ict.retarget import AvatarPose
+from realtime.io.images import read_image
 from tests.conftest import media
 
 FRONTAL_PHOTOS = [

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from realtime.deca.flame import FlameModel, flame_identity, flame_vertices, import_flame
 from realtime.deca.landmark_fit import MEDIAPIPE_FOR_68, STATIC_68, ExpressionFitter, FlameLandmarks
 from realtime.errors import UserError
-from realtime.identity_fit import fit_weak_perspective
+from realtime.ict.identity_fit import fit_weak_perspective
 from tests import deca_fixtures as fx
 from tests.conftest import media
 
@@ -163,7 +163,7 @@ def test_deca_embedding(tmp_path, model, identity) -> None:
 
 
 def test_fit_runs_on_a_real_tracked_photo(model, identity, image_tracker) -> None:
-    from realtime.images import read_image
+    from realtime.io.images import read_image
 
     face = image_tracker.track(read_image(media("skimage_astronaut.png")))
     assert face is not None

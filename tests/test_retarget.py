@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from realtime.images import read_image
-from realtime.retarget import Retargeter, RetargetOptions, rotate_toward
+from realtime.ict.retarget import Retargeter, RetargetOptions, rotate_toward
+from realtime.io.images import read_image
 from tests.conftest import media
 
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from realtime.threads import map_ahead
+from realtime.loops.threads import map_ahead
 
 
 def slow_double(x: int) -> int:

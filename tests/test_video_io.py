@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from realtime.errors import UserError
-from realtime.video_io import (
+from realtime.io.clips import (
     ClipWriter,
     Frame,
     interrupt_on_sigterm,
@@ -182,7 +182,7 @@ def test_truncated_faststart_clip_yields_what_decodes(tmp_path: Path, caplog: py
     data = whole.read_bytes()
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(data[: int(len(data) * 0.3)])
-    with caplog.at_level(logging.WARNING, logger="realtime.video_io"), open_video(truncated) as source:
+    with caplog.at_level(logging.WARNING, logger="realtime.io.clips"), open_video(truncated) as source:
         assert source.frame_count == 120  # the index still announces the whole clip
         frames = list(source)
     assert 0 < len(frames) < 120
@@ -351,7 +351,7 @@ RECORDER = textwrap.dedent(
     import sys
     import numpy as np
     from pathlib import Path
-    from realtime.video_io import ClipWriter, interrupt_on_sigterm
+    from realtime.io.clips import ClipWriter, interrupt_on_sigterm
 
     frame = np.zeros((144, 176, 3), np.uint8)
     writer = None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pyvirtualcam.camera import BACKENDS
 
-from realtime.virtual_camera import MODPROBE_LINE, VirtualCamera, install_advice
+from realtime.io.virtual_camera import MODPROBE_LINE, VirtualCamera, install_advice
 from tests.conftest import media
 from tests.virtual_camera_backend import (
     RGB_FOURCC,
@@ -23,7 +23,7 @@ from tests.virtual_camera_backend import (
 )
 
 SIZE = (640, 480)  # width, height
-LOGGER = "realtime.virtual_camera"
+LOGGER = "realtime.io.virtual_camera"
 
 
 @pytest.fixture

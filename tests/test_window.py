@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from realtime.errors import UserError
-from realtime.window import Key, Overlay, PreviewWindow
+from realtime.io.window import Key, Overlay, PreviewWindow
 from tests.conftest import media
 from tests.xvfb import xvfb_display
 
@@ -216,7 +216,7 @@ def test_no_display_is_a_one_line_user_error(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_avatar_renderer_shares_the_window_context(window: PreviewWindow) -> None:
     """The one-context design: the renderer draws into its own framebuffer on window.ctx; the window shows it."""
-    from realtime.renderer import AvatarMesh, AvatarRenderer, RenderOptions
+    from realtime.rendering.renderer import AvatarMesh, AvatarRenderer, RenderOptions
 
     # a square (two triangles) facing the camera, in front of the point the camera looks at (model units are cm)
     vertices = np.array([[-8, -9.5, 0], [8, -9.5, 0], [8, 6.5, 0], [-8, 6.5, 0]], np.float32)

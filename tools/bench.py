@@ -10,9 +10,9 @@ The only place where the project measures speed (tests never time anything). Thr
    retarget (pipeline.pose), geometry (avatar.pose: blendshapes + normals), render (upload, draw, anti-aliasing,
    read-back) and encode (ClipWriter.write: the pipe to ffmpeg; ffmpeg itself encodes in its own process, at the
    same time as the other stages, so its CPU time is reported apart).
-3. Whole pipeline: realtime.offline.render_clip on the driver clip --repeat times, each with a fresh pipeline, like one
-   `run.py --source clip.mp4` run (the pipeline's creation is not timed). Compared with the sum of the stage medians
-   (the "sequential estimate"), the ratio shows what the overlapping threads buy.
+3. Whole pipeline: realtime.loops.offline.render_clip on the driver clip --repeat times, each with a fresh pipeline,
+   like one `run.py --source clip.mp4` run (the pipeline's creation is not timed). Compared with the sum of the stage
+   medians (the "sequential estimate"), the ratio shows what the overlapping threads buy.
 
     python tools/bench.py [--identity PHOTO] [--clip CLIP] [--size 640x480] [--frames 300] [--repeat 3] [--json OUT]
 """
@@ -44,14 +44,14 @@ from tqdm import tqdm  # noqa: E402
 from realtime import assets  # noqa: E402
 from realtime.cli import parse_size  # noqa: E402
 from realtime.errors import UserError  # noqa: E402
-from realtime.ict_model import IctModel  # noqa: E402
-from realtime.identity import cache_key, prepare_identity  # noqa: E402
-from realtime.offline import render_clip  # noqa: E402
+from realtime.ict.model import IctModel  # noqa: E402
+from realtime.ict.identity import cache_key, prepare_identity  # noqa: E402
+from realtime.loops.offline import render_clip  # noqa: E402
 from realtime.paths import cache_dir  # noqa: E402
-from realtime.pipeline import PipelineOptions, RetargetPipeline, model_matrix  # noqa: E402
-from realtime.renderer import RenderOptions, create_context  # noqa: E402
-from realtime.video_io import open_video  # noqa: E402
-from realtime.video_io import ClipWriter, probe_video  # noqa: E402
+from realtime.ict.pipeline import PipelineOptions, RetargetPipeline, model_matrix  # noqa: E402
+from realtime.rendering.renderer import RenderOptions, create_context  # noqa: E402
+from realtime.io.clips import open_video  # noqa: E402
+from realtime.io.clips import ClipWriter, probe_video  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -388,9 +388,9 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
     """Capture-to-virtual-camera latency and sustained output rate over --frames output frames."""
     import pyvirtualcam
 
-    from realtime.capture import Capture, CaptureOptions
-    from realtime.live import LiveLoop, LiveOptions
-    from realtime.virtual_camera import VirtualCamera
+    from realtime.io.capture import Capture, CaptureOptions
+    from realtime.io.virtual_camera import VirtualCamera
+    from realtime.loops.live import LiveLoop, LiveOptions
 
     ctx = create_context("egl")
     if args.deca_data is not None:  # the DECA path: tracking and posing on the worker thread, as the app does

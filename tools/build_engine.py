@@ -46,7 +46,7 @@ from tqdm import tqdm  # noqa: E402
 
 from realtime.deca import engines  # noqa: E402
 from realtime.errors import UserError  # noqa: E402
-from realtime.video_io import interrupt_on_sigterm  # noqa: E402
+from realtime.io.clips import interrupt_on_sigterm  # noqa: E402
 
 log = logging.getLogger("build_engine")
 
@@ -232,7 +232,7 @@ def media_files(sources: list[Path]) -> list[Path]:
 
 def media_frames(path: Path) -> Iterator[np.ndarray]:
     """RGB uint8 frames of a photo, or FRAMES_PER_CLIP evenly spaced frames of a clip."""
-    from realtime.images import read_image
+    from realtime.io.images import read_image
 
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         yield read_image(path, what="calibration image")
@@ -252,7 +252,7 @@ def media_frames(path: Path) -> Iterator[np.ndarray]:
 def calibration_crops(sources: list[Path], max_crops: int) -> np.ndarray:
     """DECA crops (N, 224, 224, 3) float32 of the largest face in each photo / sampled clip frame."""
     from realtime.deca.crop import deca_crop
-    from realtime.tracker import FaceTracker, FaceTrackerOptions, RunningMode
+    from realtime.tracking.tracker import FaceTracker, FaceTrackerOptions, RunningMode
 
     crops = []
     with FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.IMAGE)) as tracker:

@@ -1,5 +1,5 @@
 """Build `realtime/data/ict_response.txt`: the score MediaPipe gives the rendered ICT avatar for each blendshape
-alone at a few weights, averaged over several identities, as a straight line (see `realtime.response`).
+alone at a few weights, averaged over several identities, as a straight line (see `realtime.ict.response`).
 
     python tools/calibrate_response.py PHOTO [PHOTO ...] [--out PATH]
 """
@@ -14,12 +14,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from realtime.avatar import blendshape_matrix  # noqa: E402
-from realtime.pipeline import PipelineOptions, RetargetPipeline  # noqa: E402
-from realtime.renderer import create_context  # noqa: E402
-from realtime.response import DEFAULT_PATH, ResponseModel  # noqa: E402
-from realtime.retarget import AvatarPose, RetargetOptions  # noqa: E402
-from realtime.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode  # noqa: E402
+from realtime.ict.avatar import blendshape_matrix  # noqa: E402
+from realtime.ict.pipeline import PipelineOptions, RetargetPipeline  # noqa: E402
+from realtime.ict.response import DEFAULT_PATH, ResponseModel  # noqa: E402
+from realtime.ict.retarget import AvatarPose, RetargetOptions  # noqa: E402
+from realtime.rendering.renderer import create_context  # noqa: E402
+from realtime.tracking.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode  # noqa: E402
 
 LEVELS = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
 PITCHES = np.array([-20.0, -10.0, 0.0, 10.0, 20.0])  # degrees, up positive: the head's range in a video call

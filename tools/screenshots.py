@@ -34,15 +34,15 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from realtime.capture import Capture, CaptureOptions  # noqa: E402
+from realtime.io.capture import Capture, CaptureOptions  # noqa: E402
 from realtime.errors import UserError  # noqa: E402
-from realtime.live import LiveLoop, LiveOptions  # noqa: E402
-from realtime.offline import render_clip  # noqa: E402
-from realtime.pipeline import PipelineOptions, RetargetPipeline  # noqa: E402
-from realtime.renderer import RenderOptions  # noqa: E402
-from realtime.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode  # noqa: E402
-from realtime.video_io import open_video  # noqa: E402
-from realtime.window import Key, Overlay, compose  # noqa: E402
+from realtime.loops.live import LiveLoop, LiveOptions  # noqa: E402
+from realtime.loops.offline import render_clip  # noqa: E402
+from realtime.ict.pipeline import PipelineOptions, RetargetPipeline  # noqa: E402
+from realtime.rendering.renderer import RenderOptions  # noqa: E402
+from realtime.tracking.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode  # noqa: E402
+from realtime.io.clips import open_video  # noqa: E402
+from realtime.io.window import Key, Overlay, compose  # noqa: E402
 
 log = logging.getLogger("screenshots")
 

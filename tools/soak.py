@@ -33,14 +33,14 @@ import numpy as np  # noqa: E402
 import pyvirtualcam  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from realtime.capture import Capture, CaptureOptions  # noqa: E402
+from realtime.io.capture import Capture, CaptureOptions  # noqa: E402
 from realtime.cli import parse_size  # noqa: E402
 from realtime.errors import UserError  # noqa: E402
-from realtime.live import LiveLoop, LiveOptions  # noqa: E402
-from realtime.pipeline import PipelineOptions, RetargetPipeline  # noqa: E402
-from realtime.renderer import RenderOptions, create_context  # noqa: E402
-from realtime.video_io import probe_video  # noqa: E402
-from realtime.virtual_camera import VirtualCamera  # noqa: E402
+from realtime.loops.live import LiveLoop, LiveOptions  # noqa: E402
+from realtime.ict.pipeline import PipelineOptions, RetargetPipeline  # noqa: E402
+from realtime.rendering.renderer import RenderOptions, create_context  # noqa: E402
+from realtime.io.clips import probe_video  # noqa: E402
+from realtime.io.virtual_camera import VirtualCamera  # noqa: E402
 
 log = logging.getLogger("soak")
 

@@ -25,7 +25,7 @@ import logging
 import moderngl
 import numpy as np
 
-from realtime.renderer import load_program
+from realtime.rendering.renderer import load_program
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from FLAME's ``mediapipe_landmark_embedding.npz`` or from DECA's ``landmark_embe
 
 `ExpressionFitter` runs, per frame:
 
-* once per frame, a pose step: the weak-perspective camera (`realtime.identity_fit.fit_weak_perspective`) that best
+* once per frame, a pose step: the weak-perspective camera (`realtime.ict.identity_fit.fit_weak_perspective`) that best
   maps the current FLAME landmark points onto the pixels. Head rotation lives in this camera, so FLAME's global, neck
   and eye joints stay at rest, as in DECA;
-* then a few Gauss-Newton steps, each a bounded linear least squares (`realtime.identity_fit.bounded_least_squares`)
+* then a few Gauss-Newton steps, each a bounded linear least squares (`realtime.ict.identity_fit.bounded_least_squares`)
   on expression, jaw and a small camera update together, with Tikhonov priors pulling expression and jaw toward zero,
   in units of the inter-ocular distance.
 
@@ -32,8 +32,8 @@ import numpy as np
 from realtime.deca.flame import N_FACES, FlameIdentity, FlameModel, batch_rodrigues
 from realtime.deca.safe_pickle import load_landmark_embedding
 from realtime.errors import UserError
-from realtime.identity_fit import bounded_least_squares, fit_weak_perspective, inter_ocular_distance
-from realtime.landmark_map import FACE_OVAL, IRIS
+from realtime.ict.identity_fit import bounded_least_squares, fit_weak_perspective, inter_ocular_distance
+from realtime.ict.landmark_map import FACE_OVAL, IRIS
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Without `deca_model.tar` (FLAME and a landmark embedding only), `track` fits FLA
 tracker's landmarks instead (`realtime.deca.landmark_fit`), the identity is FLAME's mean head with the photo's
 texture, and there is no per-frame detail.
 
-It has the same four steps as the embedded default (`realtime.pipeline.RetargetPipeline`), so the offline and live
+It has the same four steps as the embedded default (`realtime.ict.pipeline.RetargetPipeline`), so the offline and live
 loops drive either: `track` (MediaPipe, then DECA's crop and E_flame: the driver's 50 expression and 3 jaw values),
 `pose` (ease to neutral while the face is lost), `geometry` (FLAME with the identity's shape, D_detail on the driver's
 jaw and expression with the identity's detail code; numpy and torch, any thread), `draw` (the detail normal map on
@@ -22,7 +22,6 @@ import cv2
 import moderngl
 import numpy as np
 
-from realtime.avatar import GAZE_DEGREES
 from realtime.deca.crop import deca_crop
 from realtime.deca.data import DecaData
 from realtime.deca.detail_normals import DetailNormalPass
@@ -37,15 +36,16 @@ from realtime.deca.flame import (
 )
 from realtime.deca.landmark_fit import ExpressionFitter, FlameLandmarks
 from realtime.errors import UserError
-from realtime.filtering import OneEuroParameters, PoseFilter
-from realtime.identity_fit import fit_weak_perspective, weak_perspective_projection
-from realtime.images import read_image
+from realtime.ict.avatar import GAZE_DEGREES
+from realtime.ict.identity_fit import fit_weak_perspective, weak_perspective_projection
+from realtime.ict.pipeline import AvatarGeometry, model_matrix
+from realtime.ict.retarget import AvatarPose, blend, head_filter_parameters, head_rotation
+from realtime.io.images import read_image
 from realtime.paths import PROJECT_ROOT, cache_dir
-from realtime.photo_texture import bake_photo, face_region_mask
-from realtime.pipeline import AvatarGeometry, model_matrix
-from realtime.renderer import AvatarMesh, AvatarRenderer, RenderOptions, VertexNormals, create_context
-from realtime.retarget import AvatarPose, blend, head_filter_parameters, head_rotation
-from realtime.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
+from realtime.rendering.photo_texture import bake_photo, face_region_mask
+from realtime.rendering.renderer import AvatarMesh, AvatarRenderer, RenderOptions, VertexNormals, create_context
+from realtime.tracking.filtering import OneEuroParameters, PoseFilter
+from realtime.tracking.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
 
 log = logging.getLogger(__name__)
 

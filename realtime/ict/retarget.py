@@ -4,10 +4,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from realtime.avatar import blendshape_matrix
-from realtime.filtering import OneEuroParameters, PoseFilter
-from realtime.response import ResponseModel
-from realtime.tracker import FaceObservation
+from realtime.ict.avatar import blendshape_matrix
+from realtime.ict.response import ResponseModel
+from realtime.tracking.filtering import OneEuroParameters, PoseFilter
+from realtime.tracking.tracker import FaceObservation
 
 # One Euro parameters at smoothing 1 (min cutoff Hz, beta, derivative cutoff Hz) by expression family (name prefix):
 # lids must stay fast (a blink lasts 3-5 frames), the gaze jumps, the mouth and brows move at speech rate, the head is

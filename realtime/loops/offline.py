@@ -12,9 +12,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from realtime.pipeline import AvatarGeometry, Pipeline
-from realtime.threads import map_ahead
-from realtime.video_io import ClipWriter, Frame, interrupt_on_sigterm, open_video
+from realtime.ict.pipeline import AvatarGeometry, Pipeline
+from realtime.io.clips import ClipWriter, Frame, interrupt_on_sigterm, open_video
+from realtime.loops.threads import map_ahead
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from realtime.ict_model import IctModel
-from realtime.renderer import AvatarMesh, VertexNormals
-from realtime.tracker import BLENDSHAPE_NAMES
+from realtime.ict.model import IctModel
+from realtime.rendering.renderer import AvatarMesh, VertexNormals
+from realtime.tracking.tracker import BLENDSHAPE_NAMES
 
 # Parts drawn, and their material colours (linear-ish RGB in [0, 1]); the photo texture covers face and head. The mouth
 # interior is dark: it is lit like the skin here, where a real one is in shadow (and MediaPipe reads a bright one as a

@@ -19,13 +19,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from realtime.capture import Capture, CapturedFrame
 from realtime.errors import UserError
-from realtime.pipeline import AvatarGeometry, Pipeline
-from realtime.retarget import AvatarPose
-from realtime.video_io import ClipWriter, interrupt_on_sigterm, next_free_path
-from realtime.virtual_camera import VirtualCamera
-from realtime.window import Key, Overlay, PreviewWindow
+from realtime.ict.pipeline import AvatarGeometry, Pipeline
+from realtime.ict.retarget import AvatarPose
+from realtime.io.capture import Capture, CapturedFrame
+from realtime.io.clips import ClipWriter, interrupt_on_sigterm, next_free_path
+from realtime.io.virtual_camera import VirtualCamera
+from realtime.io.window import Key, Overlay, PreviewWindow
 
 log = logging.getLogger(__name__)
 

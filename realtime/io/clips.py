@@ -36,8 +36,8 @@ from typing import IO
 import cv2
 import numpy as np
 
-from realtime.capture import FILE_PROTOCOL, opencv_quiet
 from realtime.errors import UserError
+from realtime.io.capture import FILE_PROTOCOL, opencv_quiet
 
 log = logging.getLogger(__name__)
 

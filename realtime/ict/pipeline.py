@@ -20,14 +20,14 @@ import numpy as np
 from tqdm import tqdm
 
 from realtime import assets
-from realtime.avatar import Avatar, build_avatar_mesh
-from realtime.ict_model import IctModel
-from realtime.identity import Identity, prepare_identity
-from realtime.images import read_image
+from realtime.ict.avatar import Avatar, build_avatar_mesh
+from realtime.ict.identity import Identity, prepare_identity
+from realtime.ict.model import IctModel
+from realtime.ict.retarget import AvatarPose, Retargeter, RetargetOptions
+from realtime.io.images import read_image
 from realtime.paths import cache_dir
-from realtime.renderer import AvatarRenderer, RenderOptions, create_context
-from realtime.retarget import AvatarPose, Retargeter, RetargetOptions
-from realtime.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
+from realtime.rendering.renderer import AvatarRenderer, RenderOptions, create_context
+from realtime.tracking.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from realtime.ict_model import IctModel
-from realtime.landmark_map import FACE_OVAL, IRIS, LEFT_EYE_OUTER, RIGHT_EYE_OUTER, LandmarkMap
-from realtime.renderer import VertexNormals
+from realtime.ict.landmark_map import FACE_OVAL, IRIS, LEFT_EYE_OUTER, RIGHT_EYE_OUTER, LandmarkMap
+from realtime.ict.model import IctModel
+from realtime.rendering.renderer import VertexNormals
 
 
 @dataclass(frozen=True)

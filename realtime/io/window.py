@@ -21,7 +21,7 @@ import moderngl
 import numpy as np
 
 from realtime.errors import UserError
-from realtime.renderer import load_program
+from realtime.rendering.renderer import load_program
 
 log = logging.getLogger(__name__)
 

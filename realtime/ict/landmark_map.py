@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "ict_mediapipe_landmarks.txt"
+from realtime.paths import PACKAGE_DATA
+
+DEFAULT_PATH = PACKAGE_DATA / "ict_mediapipe_landmarks.txt"
 
 # MediaPipe face-mesh outline: landmarks that slide along the silhouette as the head turns (less reliable for fitting).
 FACE_OVAL = (

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.tracker import BLENDSHAPE_NAMES
+from realtime.paths import PACKAGE_DATA
+from realtime.tracking.tracker import BLENDSHAPE_NAMES
 
-DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "ict_response.txt"
+DEFAULT_PATH = PACKAGE_DATA / "ict_response.txt"
 # What a viewer judges first, and what MediaPipe reads clearly on the avatar. The gaze, for one, is not here:
 # MediaPipe scores a person's lowered gaze far higher than the avatar's turned eyeballs, and a gain would roll the
 # avatar's eyes.
