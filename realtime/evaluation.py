@@ -15,10 +15,11 @@ import numpy as np
 from tqdm import tqdm
 
 from realtime.ict.avatar import ict_shape_names
-from realtime.ict.landmark_map import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, LandmarkMap
+from realtime.ict.landmark_map import LandmarkMap
 from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
 from realtime.ict.retarget import Retargeter, RetargetOptions
 from realtime.io.clips import ClipWriter, open_video
+from realtime.tracking.landmarks import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 from realtime.tracking.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode
 
 # The blendshapes the report covers: what a viewer notices first.

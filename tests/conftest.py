@@ -41,7 +41,8 @@ def isolated_settings(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def assets() -> Path:
     """The assets folder with the face landmarker and the converted ICT model, fetched from the mirror if needed."""
-    from realtime.assets import ICT_MODEL_NAME, fetch_all
+    from realtime.assets import ICT_MODEL_NAME
+    from realtime.fetch import fetch_all
     from realtime.paths import assets_dir
 
     folder = assets_dir()

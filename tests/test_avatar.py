@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from realtime.head import AvatarPose
 from realtime.ict.avatar import blendshape_matrix, ict_shape_names
 from realtime.ict.model import PART_NAMES
-from realtime.ict.retarget import AvatarPose, head_rotation
+from realtime.tracking.head_pose import head_rotation
 from realtime.tracking.tracker import BLENDSHAPE_NAMES
 from tests.conftest import neutral_weights
 

@@ -66,7 +66,7 @@ def test_photo_projection_is_decas_camera_then_the_inverse_crop(deca_folder) -> 
 @pytest.mark.parametrize("style", ["textured", "shape"])
 def test_deca_pipeline_renders_the_flame_head_and_follows_the_jaw(deca_folder, gl_context, style) -> None:
     from realtime.deca.pipeline import DecaOptions, DecaPipeline
-    from realtime.ict.retarget import AvatarPose
+    from realtime.head import AvatarPose
 
     options = DecaOptions(identity=media("skimage_astronaut.png"), deca_data=deca_folder, style=style)
     pipeline = DecaPipeline.create(options, gl_context)

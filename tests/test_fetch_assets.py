@@ -26,17 +26,19 @@ from realtime.assets import (
     ICT_FACEKIT_DIR,
     ICT_MODEL_NAME,
     ICT_STAMP,
-    convert_ict_model,
-    extract_verified_tar,
     face_landmarker_path,
-    fetch_all,
-    fetch_face_landmarker,
-    fetch_ict_facekit,
-    ict_facekit_expected_files,
     ict_model_path,
     sha256_file,
 )
 from realtime.errors import UserError
+from realtime.fetch import (
+    convert_ict_model,
+    extract_verified_tar,
+    fetch_all,
+    fetch_face_landmarker,
+    fetch_ict_facekit,
+    ict_facekit_expected_files,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = PROJECT.parent / "shared" / "assets"

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from realtime.evaluation import blinks, lag, record, report
-from realtime.ict.retarget import AvatarPose, Retargeter
+from realtime.head import AvatarPose
+from realtime.ict.retarget import Retargeter
 from realtime.tracking.filtering import OneEuroFilter, OneEuroParameters, RotationFilter, rotation_exp, rotation_log
 from realtime.tracking.tracker import BLENDSHAPE_NAMES, FaceObservation
 from tests.conftest import media
@@ -192,7 +193,7 @@ def test_open_mouth_shows_teeth_and_interior_never_the_background(
 
 def test_gains_follow_the_head_pitch_and_survive_a_round_trip(tmp_path) -> None:
     from realtime.ict.response import MAX_GAIN, ResponseModel
-    from realtime.ict.retarget import head_pitch
+    from realtime.tracking.head_pose import head_pitch
 
     jaw, frown = BLENDSHAPE_NAMES.index("jawOpen"), BLENDSHAPE_NAMES.index("mouthFrownLeft")
     slope = np.full((len(BLENDSHAPE_NAMES), 3), 0.5)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from realtime.errors import UserError
+from realtime.head import AvatarPose
 from realtime.ict.avatar import blendshape_matrix
 from realtime.ict.identity import prepare_identity
 from realtime.ict.identity_fit import fit_identity
 from realtime.ict.landmark_map import LandmarkMap
-from realtime.ict.retarget import AvatarPose
 from realtime.io.images import read_image
 from tests.conftest import media
 

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from realtime.deca.flame import FlameModel, flame_identity, flame_vertices, import_flame
 from realtime.deca.landmark_fit import MEDIAPIPE_FOR_68, STATIC_68, ExpressionFitter, FlameLandmarks
 from realtime.errors import UserError
-from realtime.ict.identity_fit import fit_weak_perspective
+from realtime.geometry.fitting import fit_weak_perspective
 from tests import deca_fixtures as fx
 from tests.conftest import media
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from realtime.head import AvatarPose
 from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
-from realtime.ict.retarget import AvatarPose
 from realtime.io.capture import Capture, CaptureOptions
 from realtime.io.clips import open_video, probe_video
 from realtime.io.virtual_camera import VirtualCamera

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from realtime.ict.retarget import Retargeter, RetargetOptions, rotate_toward
+from realtime.head import rotate_toward
+from realtime.ict.retarget import Retargeter, RetargetOptions
 from realtime.io.images import read_image
 from tests.conftest import media
 

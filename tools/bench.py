@@ -48,7 +48,8 @@ from realtime.ict.model import IctModel  # noqa: E402
 from realtime.ict.identity import cache_key, prepare_identity  # noqa: E402
 from realtime.loops.offline import render_clip  # noqa: E402
 from realtime.paths import cache_dir  # noqa: E402
-from realtime.ict.pipeline import PipelineOptions, RetargetPipeline, model_matrix  # noqa: E402
+from realtime.ict.pipeline import HEAD_PIVOT, PipelineOptions, RetargetPipeline  # noqa: E402
+from realtime.head import model_matrix  # noqa: E402
 from realtime.rendering.renderer import RenderOptions, create_context  # noqa: E402
 from realtime.io.clips import open_video  # noqa: E402
 from realtime.io.clips import ClipWriter, probe_video  # noqa: E402
@@ -225,7 +226,7 @@ def time_stages(pipeline: RetargetPipeline, clip: Path, fps: float, out: Path) -
             face = timed(samples["track"], pipeline.track, rgb, index * dt)
             pose = timed(samples["retarget"], pipeline.pose, face, dt)
             vertices, normals = timed(samples["geometry"], pipeline.avatar.pose, pose.expression)
-            matrix = model_matrix(pose.rotation)
+            matrix = model_matrix(pose.rotation, HEAD_PIVOT)
             image = timed(samples["render"], pipeline.renderer.render, vertices, normals, matrix)
             timed(samples["encode"], writer.write, image)
             faces += face is not None

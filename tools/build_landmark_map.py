@@ -18,9 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from realtime.assets import ict_model_path  # noqa: E402
 from realtime.ict.avatar import Avatar, build_avatar_mesh  # noqa: E402
-from realtime.ict.landmark_map import DEFAULT_PATH, IRIS, LandmarkMap  # noqa: E402
+from realtime.ict.landmark_map import DEFAULT_PATH, LandmarkMap
 from realtime.ict.model import IctModel  # noqa: E402
 from realtime.rendering.renderer import AvatarRenderer, RenderOptions, create_context  # noqa: E402
+from realtime.tracking.landmarks import IRIS  # noqa: E402
 from realtime.tracking.tracker import FaceTracker, FaceTrackerOptions, RunningMode  # noqa: E402
 
 log = logging.getLogger("build_landmark_map")

@@ -14,10 +14,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from realtime.head import AvatarPose
 from realtime.ict.avatar import blendshape_matrix  # noqa: E402
 from realtime.ict.pipeline import PipelineOptions, RetargetPipeline  # noqa: E402
 from realtime.ict.response import DEFAULT_PATH, ResponseModel  # noqa: E402
-from realtime.ict.retarget import AvatarPose, RetargetOptions  # noqa: E402
+from realtime.ict.retarget import RetargetOptions  # noqa: E402
 from realtime.rendering.renderer import create_context  # noqa: E402
 from realtime.tracking.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions, RunningMode  # noqa: E402
 

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # so that `pyth
 import argparse  # noqa: E402
 import logging  # noqa: E402
 
-from realtime.assets import MIRROR_ENV, fetch_all  # noqa: E402
 from realtime.errors import UserError  # noqa: E402
+from realtime.fetch import MIRROR_ENV, fetch_all  # noqa: E402
 from realtime.paths import assets_dir  # noqa: E402
 
 logger = logging.getLogger("fetch_assets")

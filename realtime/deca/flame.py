@@ -30,7 +30,7 @@ import numpy as np
 
 from realtime.deca.safe_pickle import refused_in_one_line, restricted_load
 from realtime.errors import UserError
-from realtime.ict.model import read_obj, split_uv_seams
+from realtime.geometry.mesh_files import read_obj, split_uv_seams
 
 log = logging.getLogger(__name__)
 

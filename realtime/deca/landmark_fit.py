@@ -32,8 +32,8 @@ import numpy as np
 from realtime.deca.flame import N_FACES, FlameIdentity, FlameModel, batch_rodrigues
 from realtime.deca.safe_pickle import load_landmark_embedding
 from realtime.errors import UserError
-from realtime.ict.identity_fit import bounded_least_squares, fit_weak_perspective, inter_ocular_distance
-from realtime.ict.landmark_map import FACE_OVAL, IRIS
+from realtime.geometry.fitting import bounded_least_squares, fit_weak_perspective, inter_ocular_distance
+from realtime.tracking.landmarks import FACE_OVAL, IRIS
 
 log = logging.getLogger(__name__)
 

@@ -36,15 +36,15 @@ from realtime.deca.flame import (
 )
 from realtime.deca.landmark_fit import ExpressionFitter, FlameLandmarks
 from realtime.errors import UserError
-from realtime.ict.avatar import GAZE_DEGREES
-from realtime.ict.identity_fit import fit_weak_perspective, weak_perspective_projection
-from realtime.ict.pipeline import AvatarGeometry, model_matrix
-from realtime.ict.retarget import AvatarPose, blend, head_filter_parameters, head_rotation
+from realtime.geometry.fitting import fit_weak_perspective, weak_perspective_projection
+from realtime.geometry.normals import VertexNormals
+from realtime.head import GAZE_DEGREES, AvatarGeometry, AvatarPose, blend, model_matrix
 from realtime.io.images import read_image
 from realtime.paths import PROJECT_ROOT, cache_dir
 from realtime.rendering.photo_texture import bake_photo, face_region_mask
-from realtime.rendering.renderer import AvatarMesh, AvatarRenderer, RenderOptions, VertexNormals, create_context
-from realtime.tracking.filtering import OneEuroParameters, PoseFilter
+from realtime.rendering.renderer import AvatarMesh, AvatarRenderer, RenderOptions, create_context
+from realtime.tracking.filtering import OneEuroParameters, PoseFilter, head_filter_parameters
+from realtime.tracking.head_pose import head_rotation
 from realtime.tracking.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,10 @@
 
 import numpy as np
 
+from realtime.geometry.normals import VertexNormals
+from realtime.head import GAZE_DEGREES
 from realtime.ict.model import IctModel
-from realtime.rendering.renderer import AvatarMesh, VertexNormals
+from realtime.rendering.renderer import AvatarMesh
 from realtime.tracking.tracker import BLENDSHAPE_NAMES
 
 # Parts drawn, and their material colours (linear-ish RGB in [0, 1]); the photo texture covers face and head. The mouth
@@ -135,9 +137,6 @@ def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None) -> 
     )
 
 
-# ICT's eyeLook* shapes move only the lids and the skin around the eyes; the eyeballs are turned here, by this much
-# at full weight (horizontal, vertical), about each eyeball's centre.
-GAZE_DEGREES = (30.0, 25.0)
 # ICT's upper teeth sit wholly behind the upper lip; lowered this much, they show in an open mouth and a smile as a
 # person's do, and stay hidden (behind the lips, above the lower teeth) when the mouth is closed.
 UPPER_TEETH_DROP_CM = 0.3

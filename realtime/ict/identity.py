@@ -20,14 +20,15 @@ import numpy as np
 
 from realtime.assets import sha256_file
 from realtime.errors import UserError
+from realtime.geometry.fitting import inter_ocular_distance
+from realtime.geometry.normals import VertexNormals
 from realtime.ict.avatar import atlas_uv, blendshape_matrix
-from realtime.ict.identity_fit import FitOptions, fit_identity, inter_ocular_distance
+from realtime.ict.identity_fit import FitOptions, fit_identity
 from realtime.ict.landmark_map import DEFAULT_PATH as LANDMARK_MAP_PATH
 from realtime.ict.landmark_map import LandmarkMap
 from realtime.ict.model import IctModel
 from realtime.io.images import read_image
 from realtime.rendering.photo_texture import bake_photo, face_region_mask, fill_atlas, iris_color
-from realtime.rendering.renderer import VertexNormals
 from realtime.tracking.tracker import FaceTracker, FaceTrackerOptions, RunningMode
 
 log = logging.getLogger(__name__)

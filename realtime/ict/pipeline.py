@@ -13,17 +13,17 @@ posed on the selected head, and each geometry is drawn with the identity it was 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import moderngl
 import numpy as np
 from tqdm import tqdm
 
 from realtime import assets
+from realtime.head import AvatarGeometry, AvatarPose, model_matrix
 from realtime.ict.avatar import Avatar, build_avatar_mesh
 from realtime.ict.identity import Identity, prepare_identity
 from realtime.ict.model import IctModel
-from realtime.ict.retarget import AvatarPose, Retargeter, RetargetOptions
+from realtime.ict.retarget import Retargeter, RetargetOptions
 from realtime.io.images import read_image
 from realtime.paths import cache_dir
 from realtime.rendering.renderer import AvatarRenderer, RenderOptions, create_context
@@ -45,30 +45,6 @@ class PipelineOptions:
     gl_backend: str | None = "egl"
 
 
-class Pipeline(Protocol):
-    """What the offline and live loops drive: this module's `RetargetPipeline` or `realtime.deca.pipeline`'s."""
-
-    renderer: AvatarRenderer
-    identity_names: tuple[str, ...]  # the prepared identities, in the order select_identity numbers them
-
-    def select_identity(self, index: int) -> None: ...
-    def neutral_pose(self) -> AvatarPose: ...
-    def calibrate_neutral(self, face: Any) -> None: ...
-    def track(self, rgb: np.ndarray, timestamp: float) -> Any | None: ...
-    def pose(self, face: Any | None, dt: float) -> AvatarPose: ...
-    def geometry(self, pose: AvatarPose) -> "AvatarGeometry": ...
-    def draw(self, geometry: "AvatarGeometry") -> np.ndarray: ...
-    def render_pose(self, pose: AvatarPose) -> np.ndarray: ...
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True, eq=False)
-class AvatarGeometry:
-    vertices: np.ndarray  # (N, 3) model space
-    normals: np.ndarray  # (N, 3)
-    model_matrix: np.ndarray  # (4, 4) head rotation about the neck
-
-
 @dataclass(frozen=True, eq=False)
 class IdentityGeometry(AvatarGeometry):
     identity: int = 0  # the prepared identity it was posed for, and is drawn with
@@ -81,14 +57,6 @@ class PreparedIdentity:
     identity: Identity
     avatar: Avatar
     renderer: AvatarRenderer
-
-
-def model_matrix(rotation: np.ndarray, pivot: np.ndarray = HEAD_PIVOT) -> np.ndarray:
-    """(4, 4) rotation about ``pivot``."""
-    matrix = np.eye(4, dtype=np.float32)
-    matrix[:3, :3] = rotation
-    matrix[:3, 3] = pivot - rotation @ pivot
-    return matrix
 
 
 class RetargetPipeline:
@@ -178,7 +146,7 @@ class RetargetPipeline:
         """The selected identity's posed mesh (numpy only: may run on a worker thread)."""
         selected = self.selected
         vertices, normals = self.identities[selected].avatar.pose(pose.expression)
-        return IdentityGeometry(vertices, normals, model_matrix(pose.rotation), identity=selected)
+        return IdentityGeometry(vertices, normals, model_matrix(pose.rotation, HEAD_PIVOT), identity=selected)
 
     def draw(self, geometry: AvatarGeometry) -> np.ndarray:
         """The avatar image (H, W, 3) uint8 RGB (on the GL thread), with the identity the geometry was posed for."""

@@ -4,9 +4,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from realtime.head import AvatarPose, blend
 from realtime.ict.avatar import blendshape_matrix
 from realtime.ict.response import ResponseModel
-from realtime.tracking.filtering import OneEuroParameters, PoseFilter
+from realtime.tracking.filtering import OneEuroParameters, PoseFilter, head_filter_parameters
+from realtime.tracking.head_pose import head_pitch, head_rotation
 from realtime.tracking.tracker import FaceObservation
 
 # One Euro parameters at smoothing 1 (min cutoff Hz, beta, derivative cutoff Hz) by expression family (name prefix):
@@ -16,7 +18,6 @@ EXPRESSION_FILTER_TUNING: dict[str, tuple[float, float, float]] = {
     "eyeBlink": (3.0, 40.0, 1.0), "eyeSquint": (2.0, 20.0, 1.0), "eyeWide": (2.0, 20.0, 1.0),
     "eyeLook": (2.0, 30.0, 1.0), "brow": (1.5, 10.0, 1.0), "": (1.5, 10.0, 1.0),  # "": mouth, jaw, cheeks, nose
 }
-HEAD_FILTER_TUNING = (0.5, 0.5, 1.0)  # beta in s/rad
 
 
 @dataclass(frozen=True)
@@ -31,63 +32,10 @@ class RetargetOptions:
     response: bool = True  # give each blendshape the weight at which the avatar reads the driver's score
 
 
-@dataclass(frozen=True, eq=False)
-class AvatarPose:
-    expression: np.ndarray  # (53,) ICT expression weights
-    rotation: np.ndarray  # (3, 3) head rotation in camera space (y up, z towards the camera)
-    tracked: bool  # the driver's face was found in this frame
-
-
-def view_ray_rotation(direction: np.ndarray) -> np.ndarray:
-    """The rotation taking the camera's axis (0, 0, -1) onto ``direction`` (3,), the ray to an off-centre face."""
-    axis = np.array([0.0, 0.0, -1.0])
-    d = direction / np.linalg.norm(direction)
-    v, c = np.cross(axis, d), float(axis @ d)
-    if c < -0.999999:
-        return np.diag([1.0, -1.0, -1.0])
-    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + k + k @ k / (1 + c)
-
-
-def head_rotation(transform: np.ndarray) -> np.ndarray:
-    """The head's rotation relative to the line of sight, from MediaPipe's facial transform (4, 4), for an avatar
-    that is drawn centred: a face off to the side of the camera's view is seen turned even when it faces the lens."""
-    u, _, vt = np.linalg.svd(transform[:3, :3])  # nearest orthonormal matrix: drops the transform's scale
-    rotation = u @ vt
-    if np.linalg.det(rotation) < 0:
-        rotation = u @ np.diag([1.0, 1.0, -1.0]) @ vt
-    if np.linalg.norm(transform[:3, 3]) > 1e-6:
-        rotation = view_ray_rotation(transform[:3, 3]).T @ rotation
-    return rotation
-
-
-def head_pitch(rotation: np.ndarray) -> float:
-    """Degrees the face of a head turned by ``rotation`` (3, 3) looks up (negative: down)."""
-    return float(np.degrees(np.arcsin(np.clip(rotation[1, 2], -1.0, 1.0))))
-
-
-def rotate_toward(current: np.ndarray, target: np.ndarray, amount: float) -> np.ndarray:
-    """``amount`` in [0, 1] of the way from rotation ``current`` to ``target`` (3, 3), along the shortest arc."""
-    delta = current.T @ target
-    angle = np.arccos(np.clip((np.trace(delta) - 1) / 2, -1.0, 1.0))
-    if angle < 1e-6:
-        return target.copy() if amount >= 1 else current.copy()
-    axis = np.array([delta[2, 1] - delta[1, 2], delta[0, 2] - delta[2, 0], delta[1, 0] - delta[0, 1]])
-    axis /= np.linalg.norm(axis) + 1e-12
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    step = angle * amount
-    return current @ (np.eye(3) + np.sin(step) * k + (1 - np.cos(step)) * (k @ k))
-
-
 def expression_filter_parameters(names: tuple[str, ...], smoothing: float) -> OneEuroParameters:
     """One Euro parameters for expression weights called ``names`` at strength ``smoothing`` (> 0; higher: smoother)."""
     tuning = [next(v for prefix, v in EXPRESSION_FILTER_TUNING.items() if name.startswith(prefix)) for name in names]
     min_cutoff, beta, derivative_cutoff = np.array(tuning).T
-    return OneEuroParameters(min_cutoff / smoothing, beta / smoothing, derivative_cutoff)
-
-
-def head_filter_parameters(smoothing: float) -> OneEuroParameters:
-    min_cutoff, beta, derivative_cutoff = HEAD_FILTER_TUNING
     return OneEuroParameters(min_cutoff / smoothing, beta / smoothing, derivative_cutoff)
 
 
@@ -161,7 +109,3 @@ class Retargeter:
         return self._pose
 
 
-def blend(start: AvatarPose, end: AvatarPose, amount: float) -> AvatarPose:
-    """``amount`` in [0, 1] of the way from ``start`` to ``end``; tracked as ``end`` is."""
-    expression = (start.expression + (end.expression - start.expression) * amount).astype(np.float32)
-    return AvatarPose(expression, rotate_toward(start.rotation, end.rotation, amount), end.tracked)

@@ -20,8 +20,7 @@ import cv2
 import numpy as np
 
 from realtime.errors import UserError
-from realtime.ict.pipeline import AvatarGeometry, Pipeline
-from realtime.ict.retarget import AvatarPose
+from realtime.head import AvatarGeometry, AvatarPose, Pipeline
 from realtime.io.capture import Capture, CapturedFrame
 from realtime.io.clips import ClipWriter, interrupt_on_sigterm, next_free_path
 from realtime.io.virtual_camera import VirtualCamera

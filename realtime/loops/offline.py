@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from realtime.ict.pipeline import AvatarGeometry, Pipeline
+from realtime.head import AvatarGeometry, Pipeline
 from realtime.io.clips import ClipWriter, Frame, interrupt_on_sigterm, open_video
 from realtime.loops.threads import map_ahead
 

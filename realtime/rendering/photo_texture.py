@@ -10,8 +10,8 @@ import cv2
 import moderngl
 import numpy as np
 
-from realtime.ict.landmark_map import FACE_OVAL, IRIS
 from realtime.rendering.renderer import load_program, texture_from_image
+from realtime.tracking.landmarks import FACE_OVAL, IRIS
 
 ATLAS_SIZE = (2048, 1024)  # UV tiles 0 (face) and 1 (head and neck), 1024 x 1024 each
 

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import moderngl
 import numpy as np
-from scipy import sparse
 
 from realtime.errors import UserError
 from realtime.paths import shaders_dir
@@ -38,27 +37,6 @@ def load_program(ctx: moderngl.Context, name: str) -> moderngl.Program:
         vertex_shader=(directory / f"{name}.vert").read_text(),
         fragment_shader=(directory / f"{name}.frag").read_text(),
     )
-
-
-class VertexNormals:
-    """Area-weighted vertex normals of a fixed triangle list: ``normals = VertexNormals(triangles, n)(vertices)``."""
-
-    def __init__(self, triangles: np.ndarray, n_vertices: int) -> None:
-        self.triangles = np.asarray(triangles, np.int64)
-        rows = self.triangles.T.ravel()
-        cols = np.tile(np.arange(len(self.triangles)), 3)
-        # (N, T) incidence matrix: summing the face normals of each vertex is one sparse product
-        self._incidence = sparse.csr_matrix(
-            (np.ones(len(rows), np.float32), (rows, cols)), shape=(n_vertices, len(self.triangles))
-        )
-
-    def __call__(self, vertices: np.ndarray) -> np.ndarray:
-        """(N, 3) vertices -> (N, 3) unit normals (zero for vertices outside the triangle list)."""
-        a, b, c = (vertices[self.triangles[:, k]] for k in range(3))
-        face_normals = np.cross(b - a, c - a)  # length = twice the area: area weighting for free
-        normals = np.asarray(self._incidence @ face_normals, dtype=np.float32)
-        length = np.linalg.norm(normals, axis=1, keepdims=True)
-        return normals / np.maximum(length, 1e-12)
 
 
 def perspective(fov_y_degrees: float, aspect: float, near: float, far: float) -> np.ndarray:

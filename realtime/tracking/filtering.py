@@ -113,3 +113,12 @@ class PoseFilter:
     def __call__(self, expression: np.ndarray, rotation: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
         """(C,) weights and a (3, 3) rotation -> the filtered (C,) float32 weights and rotation."""
         return self._expression(expression, dt).astype(np.float32), self._head(rotation, dt)
+
+
+HEAD_FILTER_TUNING = (0.5, 0.5, 1.0)  # One Euro min cutoff (Hz), beta (s/rad), derivative cutoff (Hz) at smoothing 1
+
+
+def head_filter_parameters(smoothing: float) -> OneEuroParameters:
+    """One Euro parameters for the head rotation at strength ``smoothing`` (> 0; higher: smoother)."""
+    min_cutoff, beta, derivative_cutoff = HEAD_FILTER_TUNING
+    return OneEuroParameters(min_cutoff / smoothing, beta / smoothing, derivative_cutoff)

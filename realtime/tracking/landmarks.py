@@ -1,0 +1,9 @@
+"""Named groups of MediaPipe Face Landmarker's 478 landmark indices."""
+
+# The face-mesh outline: landmarks that slide along the silhouette as the head turns (less reliable for fitting).
+FACE_OVAL = (
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150,
+    136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+)
+IRIS = tuple(range(468, 478))
+RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # the subject's right and left eye corners
