@@ -41,6 +41,14 @@ FACE_LANDMARKER = AssetSpec(
     mirror_path="mediapipe/face_landmarker.task",
 )
 
+SELFIE_SEGMENTER = AssetSpec(
+    name="selfie_segmentation.tflite",
+    url="https://storage.googleapis.com/mediapipe-assets/selfie_segmentation.tflite?generation=1683332563830600",
+    sha256="9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+    size=249_505,
+    mirror_path="mediapipe/selfie_segmentation.tflite",
+)
+
 ICT_FACEKIT_COMMIT = "da5f95a607f5e6b37755b38d3385d7f2853732e5"
 ICT_FACEKIT = AssetSpec(
     name="ict_facekit",
@@ -66,6 +74,14 @@ def face_landmarker_path(assets: Path | None = None) -> Path:
         raise UserError(f"MediaPipe face model missing: {path}; {FETCH_HINT}")
     if path.stat().st_size != FACE_LANDMARKER.size:
         raise UserError(f"MediaPipe face model {path} is damaged (wrong size); {FETCH_HINT} --force")
+    return path
+
+
+def selfie_segmenter_path(assets: Path | None = None) -> Path:
+    """MediaPipe's selfie (person / background) segmentation model, or a UserError telling how to fetch it."""
+    path = (assets or assets_dir()) / SELFIE_SEGMENTER.name
+    if not path.is_file() or path.stat().st_size != SELFIE_SEGMENTER.size:
+        raise UserError(f"MediaPipe person segmentation model missing or damaged: {path}; {FETCH_HINT}")
     return path
 
 

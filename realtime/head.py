@@ -4,7 +4,7 @@ plain values that pass through it, a frame's `AvatarPose` and its posed `AvatarG
 The live and offline loops know only this module; the CLI chooses the head.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,10 +17,20 @@ GAZE_DEGREES = (30.0, 25.0)
 
 
 @dataclass(frozen=True, eq=False)
+class HeadOffset:
+    """The driver's head relative to its resting pose: what the photo look applies to the photo's own head."""
+
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))  # (3, 3) in camera space (y up, z to the camera)
+    translation: np.ndarray = field(default_factory=lambda: np.zeros(3))  # (3,) centimetres, camera space
+    scale: float = 1.0  # > 1: nearer the camera than at rest
+
+
+@dataclass(frozen=True, eq=False)
 class AvatarPose:
     expression: np.ndarray  # (E,) the head's expression weights (ICT: 53 shapes; FLAME: exp, jaw and eye codes)
-    rotation: np.ndarray  # (3, 3) head rotation in camera space (y up, z towards the camera)
+    rotation: np.ndarray  # (3, 3) head rotation in camera space (y up, z towards the camera), for the head look
     tracked: bool  # the driver's face was found in this frame
+    offset: HeadOffset = field(default_factory=HeadOffset)  # relative to the driver's rest, for the photo look
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,4 +82,7 @@ def rotate_toward(current: np.ndarray, target: np.ndarray, amount: float) -> np.
 def blend(start: AvatarPose, end: AvatarPose, amount: float) -> AvatarPose:
     """``amount`` in [0, 1] of the way from ``start`` to ``end``; tracked as ``end`` is."""
     expression = (start.expression + (end.expression - start.expression) * amount).astype(np.float32)
-    return AvatarPose(expression, rotate_toward(start.rotation, end.rotation, amount), end.tracked)
+    a, b = start.offset, end.offset
+    offset = HeadOffset(rotate_toward(a.rotation, b.rotation, amount), a.translation + (b.translation - a.translation)
+                        * amount, a.scale + (b.scale - a.scale) * amount)
+    return AvatarPose(expression, rotate_toward(start.rotation, end.rotation, amount), end.tracked, offset)

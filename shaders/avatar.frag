@@ -3,9 +3,12 @@
 //  0 "soft" (ICT photo avatar): the photo texture already carries the photo's own shading, so a frontal face should
 //    come out close to the photo and rotation should only add gentle shape cues and a faint highlight;
 //  1 "sh" (DECA textured): albedo times the identity's 9x3 spherical-harmonics light, as DECA's add_SHlight;
-//  2 "shape" (DECA's grey detail-shape preview): albedo 180/255, five directional lights of intensity 1.7, averaged.
+//  2 "shape" (DECA's grey detail-shape preview): albedo 180/255, five directional lights of intensity 1.7, averaged;
+//  3 "photo" (the photo look): unlit, the photo's own pixels where it saw this point at rest, the texture or material
+//    elsewhere (mouth, teeth, eyes under the lids), and the per-vertex opacity that fades the face into the photo.
 // An optional model-space normal map in UV space (DECA's detail normals) replaces the interpolated normal.
 uniform sampler2D albedo;
+uniform sampler2D photo;       // photo look: the framed identity photo
 uniform sampler2D normal_map;  // xyz: model-space unit normal, w: 1 where the map is defined
 uniform bool use_normal_map;
 uniform mat4 model;
@@ -20,6 +23,7 @@ in vec3 v_normal;
 in vec3 v_world;
 in vec2 v_uv;
 in vec4 v_material;
+in vec4 v_photo;
 
 out vec4 frag_color;
 
@@ -45,6 +49,11 @@ void main() {
     if (!gl_FrontFacing) n = -n;
     vec3 base = mix(v_material.rgb, texture(albedo, v_uv).rgb, v_material.a);
     vec3 color;
+    if (lighting == 3) {
+        if (v_photo.w < 0.004) discard;
+        frag_color = vec4(mix(base, texture(photo, v_photo.xy).rgb, clamp(v_photo.z, 0.0, 1.0)), v_photo.w);
+        return;
+    }
     if (lighting == 1) {
         color = base * sh_shading(n);
     } else if (lighting == 2) {

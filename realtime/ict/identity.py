@@ -19,8 +19,9 @@ import moderngl
 import numpy as np
 
 from realtime.assets import sha256_file
+from realtime.compositing.segmentation import person_mask
 from realtime.errors import UserError
-from realtime.geometry.fitting import inter_ocular_distance
+from realtime.geometry.fitting import inter_ocular_distance, weak_perspective_projection
 from realtime.geometry.normals import VertexNormals
 from realtime.ict.avatar import atlas_uv, blendshape_matrix
 from realtime.ict.identity_fit import FitOptions, fit_identity
@@ -33,8 +34,24 @@ from realtime.tracking.tracker import FaceTracker, FaceTrackerOptions, RunningMo
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the photo look (the fit's camera and expression, landmarks, person mask)
 STALE_TEMPORARY_S = 600
+
+
+@dataclass(frozen=True, eq=False)
+class PhotoView:
+    """The identity's photo as the fit explains it: the photo look re-renders the head from here."""
+
+    expression: np.ndarray  # (53,) the photo's own expression weights
+    rotation: np.ndarray  # (3, 3) model -> camera
+    scale: float  # photo pixels per centimetre
+    translation: np.ndarray  # (2,) photo pixels
+    landmarks: np.ndarray  # (478, 3) the face's landmarks in photo pixels
+    person: np.ndarray  # (H, W) float32 in [0, 1]: the person (hair and clothes included) against the background
+
+    def projection(self) -> np.ndarray:
+        """(4, 4) model -> photo pixels and depth."""
+        return weak_perspective_projection(self.rotation, self.scale, self.translation)
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +63,7 @@ class Identity:
     albedo: np.ndarray  # (H, W, 3) uint8 texture atlas (UV tiles 0 and 1 side by side)
     iris_color: np.ndarray  # (3,) RGB in [0, 1]
     fit_error: float  # mean landmark reprojection error / inter-ocular distance
+    photo_view: PhotoView  # how the photo shows the head: what the photo look starts from
 
 
 def cache_key(photo_path: Path, model_path: Path) -> str:
@@ -92,6 +110,7 @@ def build_identity(photo_path: Path, model: IctModel, ctx: moderngl.Context, lan
 
     estimate = blendshape_matrix(model.expression_names) @ face.blendshapes
     fit = fit_identity(model, landmark_map, face.landmarks, estimate, FitOptions())
+    person = person_mask(photo)
     log.info("fitted %s: landmark error %.3f of the inter-ocular distance", photo_path.name, fit.error)
 
     neutral = model.identity_shape(fit.identity)
@@ -116,6 +135,7 @@ def build_identity(photo_path: Path, model: IctModel, ctx: moderngl.Context, lan
         albedo=fill_atlas(atlas),
         iris_color=iris_color(photo, face.landmarks),
         fit_error=fit.error,
+        photo_view=PhotoView(fit.expression, fit.rotation, fit.scale, fit.translation, face.landmarks, person),
     )
 
 
@@ -126,7 +146,12 @@ def save_identity(identity: Identity, entry: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        np.savez(tmp / "identity.npz", vertices=identity.vertices, iris_color=identity.iris_color)
+        view = identity.photo_view
+        np.savez(tmp / "identity.npz", vertices=identity.vertices, iris_color=identity.iris_color,
+                 photo_expression=view.expression, photo_rotation=view.rotation, photo_scale=view.scale,
+                 photo_translation=view.translation, photo_landmarks=view.landmarks)
+        if not cv2.imwrite(str(tmp / "person.png"), np.round(view.person * 255).astype(np.uint8)):
+            raise OSError("could not write person.png")
         if not cv2.imwrite(str(tmp / "albedo.png"), identity.albedo[:, :, ::-1]):
             raise OSError("could not write albedo.png")
         (tmp / "meta.json").write_text(json.dumps({"name": identity.name, "fit_error": identity.fit_error}))
@@ -140,9 +165,15 @@ def save_identity(identity: Identity, entry: Path) -> None:
 def load_identity(entry: Path, name: str) -> Identity:
     with np.load(entry / "identity.npz", allow_pickle=False) as data:
         vertices, iris = data["vertices"], data["iris_color"]
+        view = [data["photo_expression"], data["photo_rotation"], float(data["photo_scale"]),
+                data["photo_translation"], data["photo_landmarks"]]
+    person = cv2.imread(str(entry / "person.png"), cv2.IMREAD_GRAYSCALE)
+    if person is None:
+        raise ValueError("person.png unreadable")
     albedo = cv2.imread(str(entry / "albedo.png"), cv2.IMREAD_COLOR)
     if albedo is None:
         raise ValueError("albedo.png unreadable")
     meta = json.loads((entry / "meta.json").read_text())
     log.info("using the prepared identity from %s", entry)
-    return Identity(name, vertices, albedo[:, :, ::-1].copy(), iris, float(meta["fit_error"]))
+    photo_view = PhotoView(*view, person.astype(np.float32) / 255.0)
+    return Identity(name, vertices, albedo[:, :, ::-1].copy(), iris, float(meta["fit_error"]), photo_view)

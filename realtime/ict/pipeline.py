@@ -23,6 +23,7 @@ from realtime.head import AvatarGeometry, AvatarPose, model_matrix
 from realtime.ict.avatar import Avatar, build_avatar_mesh
 from realtime.ict.identity import Identity, prepare_identity
 from realtime.ict.model import IctModel
+from realtime.ict.photo_look import photo_look_renderer, photo_pose
 from realtime.ict.retarget import Retargeter, RetargetOptions
 from realtime.io.images import read_image
 from realtime.paths import cache_dir
@@ -43,6 +44,7 @@ class PipelineOptions:
     background_image: Path | None = None
     use_cache: bool = True
     gl_backend: str | None = "egl"
+    look: str = "head"  # "photo": the identity photo comes alive; "head": the head alone on a background
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +59,7 @@ class PreparedIdentity:
     identity: Identity
     avatar: Avatar
     renderer: AvatarRenderer
+    photo_look: bool = False
 
 
 class RetargetPipeline:
@@ -95,9 +98,14 @@ class RetargetPipeline:
                 identity = prepare_identity(
                     photo, model, model_path, ctx, cache_dir() / "identities" if options.use_cache else None
                 )
-                renderer = AvatarRenderer(ctx, build_avatar_mesh(model, identity.iris_color), identity.albedo,
-                                          options.render, background)
-                identities.append(PreparedIdentity(identity, Avatar(model, identity.vertices), renderer))
+                avatar = Avatar(model, identity.vertices)
+                if options.look == "photo":
+                    renderer = photo_look_renderer(ctx, model, identity, avatar, read_image(photo, "identity photo"),
+                                                   options.render)
+                else:
+                    renderer = AvatarRenderer(ctx, build_avatar_mesh(model, identity.iris_color), identity.albedo,
+                                              options.render, background)
+                identities.append(PreparedIdentity(identity, avatar, renderer, options.look == "photo"))
             tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
         except BaseException:
             for prepared in identities:
@@ -145,8 +153,13 @@ class RetargetPipeline:
     def geometry(self, pose: AvatarPose) -> IdentityGeometry:
         """The selected identity's posed mesh (numpy only: may run on a worker thread)."""
         selected = self.selected
-        vertices, normals = self.identities[selected].avatar.pose(pose.expression)
-        return IdentityGeometry(vertices, normals, model_matrix(pose.rotation, HEAD_PIVOT), identity=selected)
+        prepared = self.identities[selected]
+        if prepared.photo_look:
+            expression, matrix = photo_pose(prepared.identity, pose, HEAD_PIVOT)
+        else:
+            expression, matrix = pose.expression, model_matrix(pose.rotation, HEAD_PIVOT)
+        vertices, normals = prepared.avatar.pose(expression)
+        return IdentityGeometry(vertices, normals, matrix, identity=selected)
 
     def draw(self, geometry: AvatarGeometry) -> np.ndarray:
         """The avatar image (H, W, 3) uint8 RGB (on the GL thread), with the identity the geometry was posed for."""

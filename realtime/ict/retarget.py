@@ -4,11 +4,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from realtime.head import AvatarPose, blend
+from realtime.head import AvatarPose, HeadOffset, blend
 from realtime.ict.avatar import blendshape_matrix
 from realtime.ict.response import ResponseModel
 from realtime.tracking.filtering import OneEuroParameters, PoseFilter, head_filter_parameters
-from realtime.tracking.head_pose import head_pitch, head_rotation
+from realtime.tracking.head_pose import HeadMotion, head_pitch, head_rotation
 from realtime.tracking.tracker import FaceObservation
 
 # One Euro parameters at smoothing 1 (min cutoff Hz, beta, derivative cutoff Hz) by expression family (name prefix):
@@ -58,10 +58,14 @@ class Retargeter:
         if options.smoothing > 0:
             self._filter = PoseFilter(expression_filter_parameters(expression_names, options.smoothing),
                                       head_filter_parameters(options.smoothing))
+        self._motion = HeadMotion(head_filter_parameters(options.smoothing) if options.smoothing > 0 else None,
+                                  mirrored=options.mirrored)
 
     def calibrate_neutral(self, face: FaceObservation) -> None:
         """From now on, ``face``'s blendshape scores count as the neutral face (its resting smile, brows, ...)."""
         self._rest = np.asarray(face.blendshapes, np.float64).copy()
+        if self.options.head_pose:
+            self._motion.calibrate(face.transform, self.target(face).rotation)
 
     def reset_neutral(self) -> None:
         self._rest = self._response.neutral
@@ -90,6 +94,9 @@ class Retargeter:
             face = None  # not yet: a face that flickers in for a frame or two is more likely a false detection
         if face is not None:
             wanted = self.filtered(self.target(face), dt)
+            if self.options.head_pose:
+                offset = HeadOffset(*self._motion(face.transform, wanted.rotation, dt))
+                wanted = AvatarPose(wanted.expression, wanted.rotation, wanted.tracked, offset)
             if self._recovering:
                 self._pose = blend(previous, wanted, 1.0 - np.exp(-dt / self.options.pickup_seconds))
                 self._recovering = np.abs(self._pose.expression - wanted.expression).max() > 0.02
@@ -98,9 +105,10 @@ class Retargeter:
             return self._pose
         if self._filter is not None:
             self._filter.reset()  # the pose eases or holds now; when the face returns, the filters start afresh
+        self._motion.reset_filter()
         if self.options.hold_when_lost:
             self._recovering = True
-            self._pose = AvatarPose(previous.expression, previous.rotation, tracked=False)
+            self._pose = AvatarPose(previous.expression, previous.rotation, False, previous.offset)
         else:
             self._recovering = True  # blend back when the face returns
             amount = 1.0 - np.exp(-dt / self.options.ease_seconds)

@@ -2,6 +2,7 @@
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import moderngl
 import numpy as np
@@ -13,7 +14,7 @@ log = logging.getLogger(__name__)
 
 GL_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1"
 ANTIALIAS_MODES = ("fxaa", "msaa", "none")
-LIGHTING_MODES = ("soft", "sh", "shape")
+LIGHTING_MODES = ("soft", "sh", "shape", "photo")
 
 
 def create_context(backend: str | None = "egl") -> moderngl.Context:
@@ -77,6 +78,7 @@ class AvatarMesh:
     render_vertex: np.ndarray  # (R,) int32
     uv: np.ndarray  # (R, 2) float32 in the albedo texture
     material: np.ndarray  # (R, 4) float32
+    photo: np.ndarray | None = None  # (R, 4) float32, photo look: frame uv at rest, photo weight, opacity
 
 
 @dataclass(frozen=True)
@@ -90,11 +92,24 @@ class RenderOptions:
     light_direction: tuple[float, float, float] = (0.25, 0.35, 1.0)
     ambient: float = 0.72
     specular: float = 0.04
-    lighting: str = "soft"  # "soft" (photo avatars), "sh" (spherical-harmonics light), "shape" (DECA's grey preview)
+    lighting: str = "soft"  # "soft" (photo avatars), "sh" (spherical-harmonics light), "shape" (DECA's grey preview),
+    # "photo" (the photo look: unlit, the photo's own pixels, blended into what is drawn before)
+
+
+class Underlay(Protocol):
+    """Something drawn after the background and before the avatar, moved by the avatar's model matrix."""
+
+    def draw(self, model_matrix: np.ndarray) -> None: ...
+    def release(self) -> None: ...
 
 
 class AvatarRenderer:
-    """Draws an `AvatarMesh` with per-frame vertex positions into an off-screen multisampled framebuffer."""
+    """Draws an `AvatarMesh` with per-frame vertex positions into an off-screen multisampled framebuffer.
+
+    The camera is a perspective one framing the head (`RenderOptions`), or ``camera``, a (4, 4) model -> clip
+    matrix (the photo look's view through the photo's own camera, with ``photo`` its framed photo and ``underlay``
+    its moving layer).
+    """
 
     def __init__(
         self,
@@ -103,6 +118,9 @@ class AvatarRenderer:
         albedo: np.ndarray,
         options: RenderOptions = RenderOptions(),
         background_image: np.ndarray | None = None,
+        camera: np.ndarray | None = None,
+        photo: np.ndarray | None = None,
+        underlay: Underlay | None = None,
     ) -> None:
         self.ctx = ctx
         self.mesh = mesh
@@ -114,18 +132,20 @@ class AvatarRenderer:
         uv = ctx.buffer(np.ascontiguousarray(mesh.uv, np.float32).tobytes())
         material = ctx.buffer(np.ascontiguousarray(mesh.material, np.float32).tobytes())
         index = ctx.buffer(np.ascontiguousarray(mesh.triangles, np.int32).tobytes())
-        self.vao = ctx.vertex_array(
-            self.program,
-            [
-                (self._positions, "3f", "in_position"),
-                (self._normals, "3f", "in_normal"),
-                (uv, "2f", "in_uv"),
-                (material, "4f", "in_material"),
-            ],
-            index_buffer=index,
-            index_element_size=4,
-        )
+        attributes = [
+            (self._positions, "3f", "in_position"),
+            (self._normals, "3f", "in_normal"),
+            (uv, "2f", "in_uv"),
+            (material, "4f", "in_material"),
+        ]
+        self._buffers = [uv, material, index]
+        if mesh.photo is not None:
+            self._buffers.append(ctx.buffer(np.ascontiguousarray(mesh.photo, np.float32).tobytes()))
+            attributes.append((self._buffers[-1], "4f", "in_photo"))
+        self.vao = ctx.vertex_array(self.program, attributes, index_buffer=index, index_element_size=4)
         self.albedo = texture_from_image(ctx, albedo, mipmaps=True)
+        self._photo = texture_from_image(ctx, photo, mipmaps=False) if photo is not None else None
+        self._underlay = underlay
         self._background_vao = None
         if background_image is not None:
             self._background = texture_from_image(ctx, background_image, mipmaps=False)
@@ -161,7 +181,7 @@ class AvatarRenderer:
         self.eye_position = target + np.array([0, 0, distance], np.float32)
         view = look_at(self.eye_position, target)
         projection = perspective(options.fov_y_degrees, width / height, distance / 4, distance * 4)
-        self.view_projection = projection @ view
+        self.view_projection = projection @ view if camera is None else np.asarray(camera, np.float32)
         self.program["view_projection"].write(self.view_projection.T.astype(np.float32).tobytes())
         light = np.array(options.light_direction, np.float32)
         self.program["light_dir"].value = tuple(light / np.linalg.norm(light))
@@ -173,6 +193,7 @@ class AvatarRenderer:
         self.program["lighting"].value = LIGHTING_MODES.index(options.lighting)
         self.program["albedo"].value = 0
         self.program["normal_map"].value = 1
+        self.program["photo"].value = 3
         self.program["use_normal_map"].value = False
         self._normal_map: moderngl.Texture | None = None
 
@@ -199,11 +220,17 @@ class AvatarRenderer:
             self.ctx.disable(moderngl.DEPTH_TEST)
             self._background.use(0)
             self._background_vao.render(moderngl.TRIANGLE_STRIP)
+        if self._underlay is not None:
+            self._underlay.draw(model)
         self.ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
         self.albedo.use(0)
         if self._normal_map is not None:
             self._normal_map.use(1)
+        if self._photo is not None:
+            self._photo.use(3)
+            self.ctx.enable(moderngl.BLEND)
         self.vao.render(moderngl.TRIANGLES)
+        self.ctx.disable(moderngl.BLEND)
         if self._fxaa is not None:
             # the pass costs per pixel: run it only around the avatar, copy the rest
             self.ctx.copy_framebuffer(self._output, self._scene)
@@ -238,9 +265,14 @@ class AvatarRenderer:
         return np.c_[(ndc[:, 0] + 1) / 2 * width, (1 - ndc[:, 1]) / 2 * height]
 
     def release(self) -> None:
-        resources = [self.vao, self._positions, self._normals, self.albedo, self.program, *self._resources]
+        resources = [self.vao, self._positions, self._normals, *self._buffers, self.albedo, self.program,
+                     *self._resources]
         if self._background_vao is not None:
             resources += [self._background_vao, self._background]
+        if self._photo is not None:
+            resources.append(self._photo)
+        if self._underlay is not None:
+            resources.append(self._underlay)
         for resource in resources:
             resource.release()
 

@@ -1,6 +1,10 @@
-"""The driver's head rotation from MediaPipe's facial transform."""
+"""The driver's head from MediaPipe's facial transform: its rotation, and its motion relative to its resting pose."""
 
 import numpy as np
+
+from realtime.tracking.filtering import OneEuroFilter, OneEuroParameters
+
+SETTLE_FRAMES = 5  # the resting head is the mean of the first tracked frames, until the user calibrates one
 
 
 def view_ray_rotation(direction: np.ndarray) -> np.ndarray:
@@ -29,3 +33,45 @@ def head_rotation(transform: np.ndarray) -> np.ndarray:
 def head_pitch(rotation: np.ndarray) -> float:
     """Degrees the face of a head turned by ``rotation`` (3, 3) looks up (negative: down)."""
     return float(np.degrees(np.arcsin(np.clip(rotation[1, 2], -1.0, 1.0))))
+
+
+class HeadMotion:
+    """The driver's head rotation, position and distance relative to its rest (the calibrated face, else the first
+    tracked frames): ``rotation, translation, scale = motion(transform, rotation, dt)`` (the fields of a
+    `realtime.head.HeadOffset`), position and distance One Euro filtered.
+
+    ``rotation`` is the (already filtered and mirrored) head rotation of the frame; ``transform`` gives the position.
+    """
+
+    def __init__(self, parameters: OneEuroParameters | None, mirrored: bool = False) -> None:
+        self._filter = OneEuroFilter(parameters) if parameters is not None else None
+        self._flip = np.array([-1.0, 1.0, 1.0]) if mirrored else np.ones(3)
+        self._rest_rotations: list[np.ndarray] = []
+        self._rest_positions: list[np.ndarray] = []
+        self._calibrated = False
+
+    def calibrate(self, transform: np.ndarray, rotation: np.ndarray) -> None:
+        """Take this head pose as the rest."""
+        self._rest_rotations, self._rest_positions = [rotation], [self._position(transform)]
+        self._calibrated = True
+
+    def reset_filter(self) -> None:
+        if self._filter is not None:
+            self._filter.reset()
+
+    def _position(self, transform: np.ndarray) -> np.ndarray:
+        return np.asarray(transform[:3, 3], np.float64) * self._flip
+
+    def __call__(self, transform: np.ndarray, rotation: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray, float]:
+        position = self._position(transform)
+        if not self._calibrated and len(self._rest_rotations) < SETTLE_FRAMES:
+            self._rest_rotations.append(rotation)
+            self._rest_positions.append(position)
+        u, _, vt = np.linalg.svd(np.mean(self._rest_rotations, axis=0))
+        rest_rotation, rest_position = u @ vt, np.mean(self._rest_positions, axis=0)
+        if abs(position[2]) < 1e-6 or abs(rest_position[2]) < 1e-6:  # no depth: an identity transform
+            return rotation @ rest_rotation.T, np.zeros(3), 1.0
+        moved = np.r_[position[:2] - rest_position[:2], rest_position[2] / position[2]]
+        if self._filter is not None:
+            moved = self._filter(moved, dt)
+        return rotation @ rest_rotation.T, np.r_[moved[:2], 0.0], float(moved[2])

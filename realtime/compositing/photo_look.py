@@ -1,0 +1,256 @@
+"""The photo look: the identity photo itself comes alive, hair, ears, clothes and background included.
+
+Prepared once per identity and output size (`PhotoLayers`, `build_photo_layers`):
+
+- the photo framed to the output (`realtime.compositing.framing`);
+- ``layer``: what moves with the head, the person (MediaPipe's selfie mask) above the shoulders, fading down the
+  neck, with ``motion``, how much each pixel follows the head (1 on the head and hair, 0 on the shoulders);
+- ``plate``: the photo with the moving part removed and filled from the background around it, so that motion
+  uncovers background, never a hole or a ghost of the head.
+
+Per frame (`PhotoLook.draw`, called by the renderer between the plate and the face): the layer is drawn on a grid
+lifted onto the fitted head's depth (hair and ears turn with the head, as on a shell around it), moved by the head's
+rotation, translation and scale; the face is then the head model drawn through the photo's own camera, textured
+with the photo's own pixels where the photo saw them (so at rest it lands on them), and with the model's mouth,
+teeth and eyes where it did not; its edge fades into the layer (`face_attributes`).
+"""
+
+from dataclasses import dataclass
+
+import cv2
+import moderngl
+import numpy as np
+
+from realtime.compositing.framing import Framing, frame_photo
+from realtime.geometry.fitting import inter_ocular_distance
+from realtime.head import HeadOffset
+from realtime.rendering.photo_texture import pull_push_fill
+from realtime.rendering.renderer import load_program, texture_from_image
+from realtime.tracking.landmarks import FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+
+CHIN, FOREHEAD = 152, 10  # MediaPipe landmarks at the bottom and top of the face's midline
+NECK_FOLLOWS = 0.15  # below the chin, in face heights: down to here the neck turns with the head
+NECK_STILL = 0.75  # and from here down the body is still
+SIDE_FOLLOWS, SIDE_STILL = 1.3, 2.2  # in face widths from the face's midline: the same, sideways (raised hands)
+HALO = 0.25  # inter-ocular distances around the moving part whose colour is partly the person's: filled too
+GRID_MARGIN = 1.2  # inter-ocular distances around the moving part that the grid covers (hair it may move into)
+EDGE_FEATHER = 0.35  # inter-ocular distances: the face's rendered edge fades into the photo over this much
+GRID_STEP = 0.2  # inter-ocular distances between the grid's vertices
+DEPTH_BLUR = 0.3  # inter-ocular distances: the grid follows the head's depth, without its sharp steps
+
+
+@dataclass(frozen=True, eq=False)
+class PhotoLayers:
+    """The identity photo made ready for the photo look at one output size (frame pixels, y down)."""
+
+    framing: Framing
+    photo: np.ndarray  # (H, W, 3) uint8 the framed photo
+    layer: np.ndarray  # (H, W) float32 in [0, 1]: the part drawn moving with the head
+    motion: np.ndarray  # (H, W) float32 in [0, 1]: how much each pixel follows the head
+    plate: np.ndarray  # (H, W, 3) uint8: the photo with the moving part filled from the background
+    landmarks: np.ndarray  # (478, 2) the photo's landmarks in frame pixels
+    inter_ocular: float  # in frame pixels
+
+
+def head_motion_weight(landmarks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32: 1 on the head, fading to 0 down the neck and far to the sides, from (478, 2) frame landmarks."""
+    width, height = size
+    chin, top = landmarks[CHIN, :2], landmarks[FOREHEAD, :2]
+    face_height = float(np.linalg.norm(top - chin))
+    down = (chin - top) / max(face_height, 1e-6)
+    right = np.array([-down[1], down[0]])
+    face_width = float(np.linalg.norm(landmarks[LEFT_EYE_OUTER, :2] - landmarks[RIGHT_EYE_OUTER, :2])) * 1.6
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    offset_x, offset_y = xs - chin[0], ys - chin[1]
+    below = (offset_x * down[0] + offset_y * down[1]) / face_height
+    aside = np.abs((xs - (chin[0] + top[0]) / 2) * right[0] + (ys - (chin[1] + top[1]) / 2) * right[1]) / face_width
+    return (_fade(below, NECK_FOLLOWS, NECK_STILL) * _fade(aside, SIDE_FOLLOWS, SIDE_STILL)).astype(np.float32)
+
+
+def _fade(value: np.ndarray, start: float, end: float) -> np.ndarray:
+    """1 below ``start``, 0 above ``end``, smooth between."""
+    t = np.clip((value - start) / (end - start), 0.0, 1.0)
+    return 1.0 - t * t * (3.0 - 2.0 * t)
+
+
+def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
+                       size: tuple[int, int]) -> PhotoLayers:
+    """The layers of ``photo`` (H, W, 3 uint8) with its ``person`` mask (H, W) and the chosen face's (478, 2+)
+    ``landmarks`` (photo pixels), framed for an output of ``size`` (width, height)."""
+    eyes = (landmarks[LEFT_EYE_OUTER, :2] + landmarks[RIGHT_EYE_OUTER, :2]) / 2
+    framing = frame_photo((photo.shape[1], photo.shape[0]), eyes, inter_ocular_distance(landmarks), size)
+    framed = framing.frame(photo)
+    person_framed = np.clip(framing.frame(person.astype(np.float32), cv2.INTER_LINEAR), 0.0, 1.0)
+    frame_landmarks = framing.to_frame(landmarks)
+    iod = inter_ocular_distance(landmarks) * framing.scale
+    motion = head_motion_weight(frame_landmarks, size)
+    moving = ((person_framed > 0.5) & (motion > 0.5)).astype(np.uint8)
+    margin = max(2, int(round(HALO * iod)))
+    filled_region = cv2.dilate(moving, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2))
+    filled_region &= ~((person_framed > 0.5) & (motion < 0.5))  # the still body stays in the plate
+    fill = cv2.GaussianBlur(filled_region.astype(np.float32), (0, 0), margin / 2)
+    known = (1.0 - person_framed) * (fill < 0.01)  # background that motion never uncovers: what the hole is filled from
+    filled = pull_push_fill(framed.astype(np.float32) / 255.0, known.astype(np.float32)) * 255.0
+    plate = np.clip(framed * (1 - fill[..., None]) + filled * fill[..., None] + 0.5, 0, 255).astype(np.uint8)
+    # The layer covers the person wherever it moves at all, and every filled pixel of the plate: at rest, layer and
+    # plate show the photo wherever they meet.
+    layer = np.maximum(person_framed, np.clip(4.0 * fill, 0.0, 1.0)) * np.clip(motion / 0.2, 0.0, 1.0)
+    return PhotoLayers(framing, framed, layer.astype(np.float32), motion, plate, frame_landmarks, iod)
+
+
+def ortho_camera(size: tuple[int, int], projection: np.ndarray, depth_range: tuple[float, float]) -> np.ndarray:
+    """(4, 4) model -> GL clip space for a (4, 4) model -> frame pixels (y down) and depth ``projection``."""
+    width, height = size
+    near, far = depth_range
+    ortho = np.array([[2 / width, 0, 0, -1], [0, -2 / height, 0, 1], [0, 0, 2 / (far - near), -(far + near) /
+                      (far - near)], [0, 0, 0, 1]], np.float64)
+    return (ortho @ projection).astype(np.float32)
+
+
+def photo_model_matrix(offset: HeadOffset, photo_rotation: np.ndarray, pivot: np.ndarray) -> np.ndarray:
+    """(4, 4) model-space motion that moves a head seen at ``photo_rotation`` (model -> camera) as the driver's
+    ``offset`` moves in camera space: rotation and scale about ``pivot`` (model space), then translation (cm)."""
+    rotation = photo_rotation.T @ offset.rotation @ photo_rotation
+    linear = offset.scale * rotation
+    matrix = np.eye(4, dtype=np.float64)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = pivot - linear @ pivot + photo_rotation.T @ offset.translation
+    return matrix.astype(np.float32)
+
+
+def rest_depth(ctx: moderngl.Context, vertices: np.ndarray, triangles: np.ndarray, projection: np.ndarray,
+               size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The head at rest as the photo's camera sees it: (H, W) depth (frame pixels, larger = farther) and coverage.
+
+    ``vertices`` (N, 3) model space, ``triangles`` (T, 3) indices into them, ``projection`` (4, 4) model -> frame.
+    """
+    width, height = size
+    depth = (np.c_[vertices, np.ones(len(vertices))] @ projection.T)[:, 2]
+    near, far = float(depth.min()) - 1.0, float(depth.max()) + 1.0
+    program = load_program(ctx, "depth")
+    positions = ctx.buffer(np.ascontiguousarray(vertices, np.float32))
+    index = ctx.buffer(np.ascontiguousarray(triangles, np.int32))
+    texture = ctx.texture((width, height), 1, dtype="f4")
+    fbo = ctx.framebuffer([texture], ctx.depth_renderbuffer((width, height)))
+    vao = ctx.vertex_array(program, [(positions, "3f", "in_position")], index, index_element_size=4)
+    try:
+        program["photo_projection"].write(np.ascontiguousarray(projection, np.float32).T.tobytes())
+        program["photo_size"].value = (width, height)
+        program["depth_range"].value = (near, far)
+        fbo.use()
+        fbo.clear(far + 1.0, 0.0, 0.0, 1.0, depth=1.0)
+        ctx.enable(moderngl.DEPTH_TEST)
+        ctx.disable(moderngl.CULL_FACE)
+        vao.render(moderngl.TRIANGLES)
+        values = np.frombuffer(fbo.read(components=1, dtype="f4"), np.float32).reshape(height, width)
+    finally:
+        for resource in (vao, fbo, texture, index, positions, program):
+            resource.release()
+    covered = values <= far
+    return values, covered
+
+
+def face_attributes(
+    frame_pixels: np.ndarray,
+    depth: np.ndarray,
+    camera_normals: np.ndarray,
+    depth_map: np.ndarray,
+    layers: PhotoLayers,
+    blended: np.ndarray,
+) -> np.ndarray:
+    """(R, 4) per render vertex: frame UV (2) of its rest position, how much it shows the photo, its opacity.
+
+    ``frame_pixels`` (R, 2) and ``depth`` (R,) of the rest head through the photo's camera, ``camera_normals`` (R, 3)
+    its normals in camera space (+z towards the camera); ``depth_map`` from `rest_depth`. ``blended`` (R,) bool: the
+    skin, whose opacity fades to 0 at the photo's face outline (the layer shows the photo's own edge there); the
+    other drawn parts (eyes, mouth, teeth) are opaque.
+    """
+    width, height = layers.framing.size
+    iod = layers.inter_ocular
+    x = np.clip(np.round(frame_pixels[:, 0]).astype(int), 0, width - 1)
+    y = np.clip(np.round(frame_pixels[:, 1]).astype(int), 0, height - 1)
+    visible = depth <= depth_map[y, x] + 0.02 * iod
+    facing = np.clip((camera_normals[:, 2] - 0.1) / 0.25, 0.0, 1.0)
+    shows_photo = visible * facing
+    outline = layers.landmarks[list(FACE_OVAL), :2].astype(np.float32).reshape(-1, 1, 2)
+    inside = np.array([cv2.pointPolygonTest(outline, (float(px), float(py)), True) for px, py in frame_pixels])
+    opacity = np.where(blended, np.clip(inside / (EDGE_FEATHER * iod), 0.0, 1.0), 1.0)
+    uv = frame_pixels / np.array([width, height])
+    return np.c_[uv, shows_photo, opacity].astype(np.float32)
+
+
+class PhotoLook:
+    """The moving layer of `PhotoLayers` on a grid lifted onto the head's depth; draws with the renderer's GL state.
+
+    ``projection`` (4, 4) model -> frame pixels and depth; ``camera`` the same into GL clip space (`ortho_camera`).
+    """
+
+    def __init__(self, ctx: moderngl.Context, layers: PhotoLayers, projection: np.ndarray, camera: np.ndarray,
+                 depth_map: np.ndarray, covered: np.ndarray) -> None:
+        self.ctx = ctx
+        self.layers = layers
+        positions, uv, motion, triangles = self._grid(projection, depth_map, covered)
+        self.program = load_program(ctx, "photo_layer")
+        self.program["view_projection"].write(np.ascontiguousarray(camera, np.float32).T.tobytes())
+        self.program["layer"].value = 2
+        rgba = np.dstack([layers.photo, np.round(layers.layer * 255).astype(np.uint8)])
+        self.texture = texture_from_image(ctx, rgba, mipmaps=False)
+        self._buffers = [ctx.buffer(np.ascontiguousarray(a, np.float32)) for a in (positions, uv, motion)]
+        self._index = ctx.buffer(np.ascontiguousarray(triangles, np.int32))
+        self.vao = ctx.vertex_array(
+            self.program,
+            [(self._buffers[0], "3f", "in_position"), (self._buffers[1], "2f", "in_uv"),
+             (self._buffers[2], "1f", "in_motion")],
+            self._index,
+            index_element_size=4,
+        )
+
+    def _grid(self, projection: np.ndarray, depth_map: np.ndarray, covered: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Vertices (model space at rest), frame UVs, motion weights and triangles of a grid over the moving layer."""
+        layers = self.layers
+        width, height = layers.framing.size
+        iod = layers.inter_ocular
+        rows, cols = np.nonzero(layers.layer > 0.01)
+        if len(rows) == 0:
+            rows, cols = np.array([0, height - 1]), np.array([0, width - 1])
+        pad = GRID_MARGIN * iod
+        x0, x1 = max(0.0, cols.min() - pad), min(width - 1.0, cols.max() + pad)
+        y0, y1 = max(0.0, rows.min() - pad), min(height - 1.0, rows.max() + pad)
+        step = max(2.0, GRID_STEP * iod)
+        xs = np.linspace(x0, x1, max(2, int(np.ceil((x1 - x0) / step)) + 1))
+        ys = np.linspace(y0, y1, max(2, int(np.ceil((y1 - y0) / step)) + 1))
+        gx, gy = np.meshgrid(xs, ys)
+        depth = smooth_depth(depth_map, covered, DEPTH_BLUR * iod)
+        ix, iy = np.round(gx).astype(int), np.round(gy).astype(int)
+        pixels = np.c_[gx.ravel(), gy.ravel(), depth[iy, ix].ravel(), np.ones(gx.size)]
+        positions = pixels @ np.linalg.inv(projection.astype(np.float64)).T
+        uv = np.c_[gx.ravel() / width, gy.ravel() / height]
+        motion = layers.motion[iy, ix].ravel()
+        n_cols = len(xs)
+        corner = (np.arange(len(ys) - 1)[:, None] * n_cols + np.arange(n_cols - 1)[None, :]).ravel()
+        triangles = np.r_[np.c_[corner, corner + n_cols, corner + 1], np.c_[corner + 1, corner + n_cols,
+                                                                              corner + n_cols + 1]]
+        return positions[:, :3], uv, motion, triangles
+
+    def draw(self, model_matrix: np.ndarray) -> None:
+        """Draw the layer moved by ``model_matrix`` (4, 4, model space), blended over what is drawn."""
+        self.program["model"].write(np.ascontiguousarray(model_matrix, np.float32).T.tobytes())
+        self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+        self.ctx.enable(moderngl.BLEND)
+        self.texture.use(2)
+        self.vao.render(moderngl.TRIANGLES)
+        self.ctx.disable(moderngl.BLEND)
+
+    def release(self) -> None:
+        for resource in (self.vao, self._index, *self._buffers, self.texture, self.program):
+            resource.release()
+
+
+def smooth_depth(depth_map: np.ndarray, covered: np.ndarray, blur: float) -> np.ndarray:
+    """The head's depth continued smoothly beyond its outline (hair, ears), with its sharp steps softened."""
+    weight = covered.astype(np.float32)
+    values = np.where(covered, depth_map, 0.0).astype(np.float32)
+    filled = pull_push_fill(np.repeat(values[..., None], 3, axis=2), weight)[..., 0]
+    depth = np.where(covered, depth_map, filled).astype(np.float32)
+    return cv2.GaussianBlur(depth, (0, 0), max(blur, 0.5))

@@ -1,0 +1,74 @@
+"""The ICT head in the photo look: its renderer, and its pose as a motion of the photo's own head.
+
+The head is posed from the photo's own expression (at rest the output is the photo), seen through the photo's own
+camera; the skin fades into the photo at the face outline, and ICT's scalp and neck are not drawn: the photo's hair,
+ears and neck are the moving layer of `realtime.compositing.photo_look`.
+"""
+
+import dataclasses
+
+import moderngl
+import numpy as np
+
+from realtime.compositing.photo_look import (
+    PhotoLook,
+    build_photo_layers,
+    face_attributes,
+    ortho_camera,
+    photo_model_matrix,
+    rest_depth,
+)
+from realtime.head import AvatarPose
+from realtime.ict.avatar import Avatar, build_avatar_mesh, drawn_triangles
+from realtime.ict.identity import Identity
+from realtime.ict.model import IctModel
+from realtime.rendering.renderer import AvatarRenderer, RenderOptions
+
+SKIN_PARTS = ("face",)  # fades into the photo at its outline
+HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown instead
+
+
+def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identity, avatar: Avatar,
+                        photo: np.ndarray, options: RenderOptions) -> AvatarRenderer:
+    """A renderer drawing ``identity``'s head into its framed ``photo`` (H, W, 3 uint8) at ``options.size``."""
+    view = identity.photo_view
+    size = options.size
+    layers = build_photo_layers(photo, view.person, view.landmarks, size)
+    projection = layers.framing.projection(view.projection())
+    vertices, normals = avatar.pose(view.expression)
+    triangles = drawn_triangles(model)
+    depth_map, covered = rest_depth(ctx, vertices, model.render_vertex[triangles], projection, size)
+
+    render_vertices = model.render_vertex
+    pixels = np.c_[vertices[render_vertices], np.ones(len(render_vertices))] @ projection.T
+    camera_normals = normals[render_vertices] @ view.rotation.T
+    camera_normals /= np.maximum(np.linalg.norm(camera_normals, axis=1, keepdims=True), 1e-9)
+    skin = np.zeros(len(render_vertices), bool)
+    skin[np.unique(model.triangles[model.part_mask(*SKIN_PARTS)])] = True
+    attributes = face_attributes(pixels[:, :2], pixels[:, 2], camera_normals, depth_map, layers, skin)
+
+    hidden = _vertex_mask(model, model.part_mask(*HIDDEN_PARTS))
+    kept = ~hidden[triangles].all(axis=1)
+    mesh = dataclasses.replace(build_avatar_mesh(model, identity.iris_color), triangles=triangles[kept],
+                               photo=attributes)
+    depth = pixels[:, 2]
+    extent = float(np.ptp(pixels[:, :3], axis=0).max())
+    camera = ortho_camera(size, projection, (float(depth.min()) - extent, float(depth.max()) + extent))
+    look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
+    return AvatarRenderer(ctx, mesh, identity.albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
+                          camera=camera, photo=layers.photo, underlay=look)
+
+
+def _vertex_mask(model: IctModel, triangle_mask: np.ndarray) -> np.ndarray:
+    """Render vertices used only by the masked triangles of ``model.triangles``."""
+    used = np.zeros(len(model.render_vertex), bool)
+    used[np.unique(model.triangles[triangle_mask])] = True
+    used[np.unique(model.triangles[~triangle_mask])] = False
+    return used
+
+
+def photo_pose(identity: Identity, pose: AvatarPose, pivot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(53,) expression weights (the photo's own plus the driver's) and the (4, 4) model matrix of ``pose``."""
+    view = identity.photo_view
+    expression = np.clip(view.expression + pose.expression, 0.0, 1.0).astype(np.float32)
+    return expression, photo_model_matrix(pose.offset, view.rotation, pivot)

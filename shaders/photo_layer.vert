@@ -1,0 +1,17 @@
+#version 330 core
+// The photo look's moving layer: a grid over the photo's head, hair and neck, lifted onto the head's depth (model
+// space at rest); each vertex follows the head's motion by its weight (1 on the head, 0 on the still shoulders).
+uniform mat4 model;            // the head's motion this frame
+uniform mat4 view_projection;  // model -> clip through the photo's own camera
+
+in vec3 in_position;
+in vec2 in_uv;       // where the vertex is in the framed photo at rest
+in float in_motion;
+
+out vec2 v_uv;
+
+void main() {
+    vec4 rest = vec4(in_position, 1.0);
+    gl_Position = view_projection * mix(rest, model * rest, in_motion);
+    v_uv = in_uv;
+}
