@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from realtime.config import (
+    LOOKS,
     STYLES,
     default_config_path,
     load_config,
@@ -62,7 +63,7 @@ examples:
 (python run.py works the same as realtime-retarget)
 
 settings file (TOML; the command line overrides it): %(config)s
-  keys: identity, source, size, fps, background, style, smoothing, virtual_camera, mirror, head_pose,
+  keys: identity, source, size, fps, look, background, style, smoothing, virtual_camera, mirror, head_pose,
   hold_when_lost, deca_data
 
 keys in the preview window: q/Esc quit, r start/stop recording, n take the current face as neutral,
@@ -107,8 +108,11 @@ def build_parser(config_path: Path | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--smoothing", type=parse_smoothing, default=1.0, metavar="S",
                         help="strength of the temporal filter on expression and head motion: 0 off, 1 the tuned "
                              "default, 2 or more calmer but slower to follow")
+    parser.add_argument("--look", choices=LOOKS, default="photo",
+                        help="photo (default): the identity photo comes alive, hair, clothes and background included; "
+                             "head: the fitted head alone on a background")
     parser.add_argument("--background", default="#16181d", metavar="COLOR|IMAGE",
-                        help="background colour (#rrggbb) or image file (default #16181d)")
+                        help="the head look's background colour (#rrggbb) or image file (default #16181d)")
     parser.add_argument("--no-cache", action="store_true", help="prepare the identity again instead of reusing it")
     parser.add_argument("--deca-data", type=Path, metavar="DIR",
                         help="your DECA data/ folder (deca_model.tar, generic_model.pkl, head_template.obj, ...): "
@@ -219,6 +223,7 @@ def build_pipeline(args: argparse.Namespace, ctx=None):  # -> RetargetPipeline |
                                  smoothing=args.smoothing),
         background_image=None if color else Path(args.background),
         use_cache=not args.no_cache,
+        look=args.look,
     )
     return RetargetPipeline.create(options, ctx)
 

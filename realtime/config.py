@@ -5,7 +5,8 @@
     source = 1                                 # webcam index, clip or stream URL
     size = "1280x720"
     fps = 30
-    background = "#223344"                     # or an image file
+    look = "photo"                             # the photo comes alive; "head": the head alone on a background
+    background = "#223344"                     # or an image file (the head look's)
     smoothing = 1.5                            # temporal filter strength: 0 off, 1 the tuned default
     virtual_camera = true
     mirror = false
@@ -30,6 +31,7 @@ from realtime.errors import UserError
 
 APP_NAME = "realtime-retarget"
 STYLES = ("textured", "shape")
+LOOKS = ("photo", "head")  # the identity photo come alive; the head alone on a background
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -139,6 +141,12 @@ def _background(value: Any, folder: Path) -> str:
     return text if parse_color(text) is not None else str(_path(text, folder))
 
 
+def _look(value: Any, folder: Path) -> str:
+    if _string(value, folder) not in LOOKS:
+        raise ValueError
+    return value
+
+
 def _style(value: Any, folder: Path) -> str:
     if _string(value, folder) not in STYLES:
         raise ValueError
@@ -158,6 +166,7 @@ SETTINGS: dict[str, Setting] = {
     "fps": Setting("fps", _number(parse_fps), "a frame rate from 1 to 240"),
     "background": Setting("background", _background, 'a colour like "#223344" or an image file',
                           lambda text: text if parse_color(text) is not None else _absolute(text)),
+    "look": Setting("look", _look, f"one of {', '.join(repr(look) for look in LOOKS)}"),
     "style": Setting("style", _style, f"one of {', '.join(repr(style) for style in STYLES)}"),
     "smoothing": Setting("smoothing", _number(parse_smoothing), "a number from 0 (off) to 10; 1 is the default"),
     "virtual_camera": Setting("vcam", _bool, "true or false"),

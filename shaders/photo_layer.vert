@@ -1,6 +1,6 @@
 #version 330 core
-// The photo look's moving layer: a grid over the photo's head, hair and neck, lifted onto the head's depth (model
-// space at rest); each vertex follows the head's motion by its weight (1 on the head, 0 on the still shoulders).
+// The photo look's moving layer: a grid over the photo's person, lifted onto the head's depth (model space at rest);
+// each vertex follows the head's motion by its weight (1 on the head and hair, 0 on the still shoulders).
 uniform mat4 model;            // the head's motion this frame
 uniform mat4 view_projection;  // model -> clip through the photo's own camera
 

@@ -7,6 +7,12 @@ Retargets the clip, re-tracks the rendered avatar with the same tracker and prin
 and gain between the driver's scores and the avatar's, the lag between them and the lag the temporal filter adds; the
 jitter of the avatar's landmarks on the driver's still frames with and without the filter; and the blinks found in
 both. ``--plot`` draws the driver's and the avatar's main series.
+
+    python tools/evaluate.py --self-reenact ../shared/assets/media/pyfeat_single_face.mp4 [--frame K] [--look head]
+
+Self-reenactment instead (realtime/reenactment.py): frame K of the clip is the identity photo, the clip drives it at
+its own size, and each output frame is compared with the clip's (PSNR, SSIM, landmark and blendshape distance), beside
+the same figures for the unchanged photo.
 """
 
 import argparse
@@ -18,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from realtime.errors import UserError  # noqa: E402
 from realtime.evaluation import Recording, create_pipeline, record, report  # noqa: E402
+from realtime.reenactment import self_reenact  # noqa: E402
 
 PLOTTED = ("jawOpen", "mouthSmileLeft", "eyeBlinkLeft", "eyeBlinkRight", "browInnerUp", "mouthPucker")
 
@@ -49,13 +56,27 @@ def plot(recording: Recording, path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("driver", type=Path, help="the driver clip")
-    parser.add_argument("--identity", type=Path, required=True, metavar="PHOTO", help="the avatar's photo")
+    parser.add_argument("driver", type=Path, nargs="?", help="the driver clip")
+    parser.add_argument("--identity", type=Path, metavar="PHOTO", help="the avatar's photo")
+    parser.add_argument("--self-reenact", type=Path, metavar="CLIP", help="self-reenactment of CLIP instead")
+    parser.add_argument("--frame", type=int, default=0, metavar="K", help="with --self-reenact: the identity frame")
+    parser.add_argument("--look", choices=("photo", "head"), default="photo", help="with --self-reenact")
     parser.add_argument("--smoothing", type=float, default=1.0, help="temporal filter strength (0: off)")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="draw driver vs avatar series")
     parser.add_argument("--record", type=Path, metavar="OUT.mp4", help="also write the avatar clip")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.self_reenact is not None:
+        try:
+            if not args.self_reenact.is_file():
+                raise UserError(f"clip {args.self_reenact} not found: check the path")
+            print(self_reenact(args.self_reenact, args.frame, args.look, args.smoothing).table())
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+        return 0
+    if args.driver is None or args.identity is None:
+        parser.error("give a driver clip and --identity PHOTO, or --self-reenact CLIP")
     try:
         if not args.driver.is_file():
             raise UserError(f"driver clip {args.driver} not found: check the path")

@@ -1,9 +1,9 @@
 """Framing the identity photo to the output: head and shoulders, at the output's size and aspect.
 
-The whole photo is used when it already frames the face that way; a small face in a big picture gets a crop around
-its head and shoulders. The crop stays inside the photo wherever it can; where it cannot (a face at the very edge, a
-portrait too narrow for a wide frame), the missing part is the photo mirrored at its edge and blurred, never black
-bars or stretched pixels.
+The whole photo is used when it already frames the face as a webcam in a video call does; a small face in a big picture
+gets a crop around its head and shoulders. The crop stays inside the photo wherever it can; where it cannot (a face
+at the very edge, a portrait too narrow for a wide frame), the missing part is the photo mirrored at its edge and
+blurred, never black bars or stretched pixels.
 """
 
 from dataclasses import dataclass
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-HEAD_AND_SHOULDERS = 8.0  # frame height in inter-ocular distances at most: the face fills about a third of it
-CLOSEST = 4.0  # the least frame height in inter-ocular distances (a photo that is nearly all face)
+CALL_FRAMING = 12.0  # frame height in inter-ocular distances at most: a webcam's framing in a video call
+CLOSEST = 3.0  # the least frame height in inter-ocular distances (a photo that is nearly all face)
 EYES_ABOVE_CENTRE = 0.12  # of the frame height: the eyes sit a little above the middle, as in a portrait
 EDGE_BLUR_FRACTION = 0.04  # of the frame height: the blur of a mirrored extension
 
@@ -73,7 +73,7 @@ def frame_photo(photo_size: tuple[int, int], eye_centre: np.ndarray, inter_ocula
     width, height = size
     aspect = width / height
     fits = min(photo_height, photo_width / aspect)  # the tallest crop of the output's aspect inside the photo
-    crop_height = max(min(HEAD_AND_SHOULDERS * inter_ocular, fits), CLOSEST * inter_ocular)
+    crop_height = max(min(CALL_FRAMING * inter_ocular, fits), CLOSEST * inter_ocular)
     crop_width = crop_height * aspect
     x0 = eye_centre[0] - crop_width / 2
     y0 = eye_centre[1] - crop_height * (0.5 - EYES_ABOVE_CENTRE)

@@ -3,10 +3,12 @@
 Prepared once per identity and output size (`PhotoLayers`, `build_photo_layers`):
 
 - the photo framed to the output (`realtime.compositing.framing`);
-- ``layer``: what moves with the head, the person (MediaPipe's selfie mask) above the shoulders, fading down the
-  neck, with ``motion``, how much each pixel follows the head (1 on the head and hair, 0 on the shoulders);
-- ``plate``: the photo with the moving part removed and filled from the background around it, so that motion
-  uncovers background, never a hole or a ghost of the head.
+- ``layer``: the person (MediaPipe's selfie mask, hair and clothes included), drawn moving with the driver's head
+  (rotation, translation, scale), the motion fading down the neck (``motion``: 1 on the head and hair, 0 on the
+  shoulders and body, which stay still: measured on self-reenactment, a body that follows the head's translation
+  uncovers more of the filled plate than it matches);
+- ``plate``: the photo with the person removed and filled from the background around them, so that motion uncovers
+  background, never a hole or a ghost of the head.
 
 Per frame (`PhotoLook.draw`, called by the renderer between the plate and the face): the layer is drawn on a grid
 lifted onto the fitted head's depth (hair and ears turn with the head, as on a shell around it), moved by the head's
@@ -29,10 +31,10 @@ from realtime.rendering.renderer import load_program, texture_from_image
 from realtime.tracking.landmarks import FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 
 CHIN, FOREHEAD = 152, 10  # MediaPipe landmarks at the bottom and top of the face's midline
-NECK_FOLLOWS = 0.15  # below the chin, in face heights: down to here the neck turns with the head
-NECK_STILL = 0.75  # and from here down the body is still
+NECK_FOLLOWS = 0.05  # below the chin, in face heights: down to here the neck turns with the head
+NECK_STILL = 0.5  # and from here down the body does not turn
 SIDE_FOLLOWS, SIDE_STILL = 1.3, 2.2  # in face widths from the face's midline: the same, sideways (raised hands)
-HALO = 0.25  # inter-ocular distances around the moving part whose colour is partly the person's: filled too
+HALO = 0.1  # inter-ocular distances around the person whose colour is partly the person's: filled too
 GRID_MARGIN = 1.2  # inter-ocular distances around the moving part that the grid covers (hair it may move into)
 EDGE_FEATHER = 0.35  # inter-ocular distances: the face's rendered edge fades into the photo over this much
 GRID_STEP = 0.2  # inter-ocular distances between the grid's vertices
@@ -46,7 +48,7 @@ class PhotoLayers:
     framing: Framing
     photo: np.ndarray  # (H, W, 3) uint8 the framed photo
     layer: np.ndarray  # (H, W) float32 in [0, 1]: the part drawn moving with the head
-    motion: np.ndarray  # (H, W) float32 in [0, 1]: how much each pixel follows the head
+    motion: np.ndarray  # (H, W) float32 in [0, 1]: how much each pixel turns with the head
     plate: np.ndarray  # (H, W, 3) uint8: the photo with the moving part filled from the background
     landmarks: np.ndarray  # (478, 2) the photo's landmarks in frame pixels
     inter_ocular: float  # in frame pixels
@@ -81,20 +83,20 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     framing = frame_photo((photo.shape[1], photo.shape[0]), eyes, inter_ocular_distance(landmarks), size)
     framed = framing.frame(photo)
     person_framed = np.clip(framing.frame(person.astype(np.float32), cv2.INTER_LINEAR), 0.0, 1.0)
+    person_framed = _fade(person_framed, 0.7, 0.3)  # the segmenter's soft edge, made firmer
     frame_landmarks = framing.to_frame(landmarks)
     iod = inter_ocular_distance(landmarks) * framing.scale
     motion = head_motion_weight(frame_landmarks, size)
-    moving = ((person_framed > 0.5) & (motion > 0.5)).astype(np.uint8)
+    person = (person_framed > 0.5).astype(np.uint8)
     margin = max(2, int(round(HALO * iod)))
-    filled_region = cv2.dilate(moving, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2))
-    filled_region &= ~((person_framed > 0.5) & (motion < 0.5))  # the still body stays in the plate
+    filled_region = cv2.dilate(person, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2))
     fill = cv2.GaussianBlur(filled_region.astype(np.float32), (0, 0), margin / 2)
     known = (1.0 - person_framed) * (fill < 0.01)  # background that motion never uncovers: what the hole is filled from
     filled = pull_push_fill(framed.astype(np.float32) / 255.0, known.astype(np.float32)) * 255.0
     plate = np.clip(framed * (1 - fill[..., None]) + filled * fill[..., None] + 0.5, 0, 255).astype(np.uint8)
-    # The layer covers the person wherever it moves at all, and every filled pixel of the plate: at rest, layer and
-    # plate show the photo wherever they meet.
-    layer = np.maximum(person_framed, np.clip(4.0 * fill, 0.0, 1.0)) * np.clip(motion / 0.2, 0.0, 1.0)
+    # The layer covers the person and every filled pixel of the plate: at rest, layer and plate show the photo
+    # wherever they meet.
+    layer = np.maximum(person_framed, np.clip(2.0 * fill, 0.0, 1.0))
     return PhotoLayers(framing, framed, layer.astype(np.float32), motion, plate, frame_landmarks, iod)
 
 

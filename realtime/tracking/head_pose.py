@@ -36,11 +36,13 @@ def head_pitch(rotation: np.ndarray) -> float:
 
 
 class HeadMotion:
-    """The driver's head rotation, position and distance relative to its rest (the calibrated face, else the first
-    tracked frames): ``rotation, translation, scale = motion(transform, rotation, dt)`` (the fields of a
-    `realtime.head.HeadOffset`), position and distance One Euro filtered.
+    """The driver's head rotation, position and size relative to its rest (the calibrated face, else the first
+    tracked frames): ``rotation, translation, scale = motion(transform, face_size, rotation, dt)`` (the fields of a
+    `realtime.head.HeadOffset`), position and size One Euro filtered.
 
-    ``rotation`` is the (already filtered and mirrored) head rotation of the frame; ``transform`` gives the position.
+    ``rotation`` is the (already filtered and mirrored) head rotation of the frame; ``transform`` gives the position
+    (MediaPipe's metric estimate, centimetres), ``face_size`` the size in the image (the inter-ocular distance in
+    pixels: MediaPipe's depth estimate changes with the expression, the distance between the eyes does not).
     """
 
     def __init__(self, parameters: OneEuroParameters | None, mirrored: bool = False) -> None:
@@ -50,28 +52,30 @@ class HeadMotion:
         self._rest_positions: list[np.ndarray] = []
         self._calibrated = False
 
-    def calibrate(self, transform: np.ndarray, rotation: np.ndarray) -> None:
+    def calibrate(self, transform: np.ndarray, face_size: float, rotation: np.ndarray) -> None:
         """Take this head pose as the rest."""
-        self._rest_rotations, self._rest_positions = [rotation], [self._position(transform)]
+        self._rest_rotations, self._rest_positions = [rotation], [self._position(transform, face_size)]
         self._calibrated = True
 
     def reset_filter(self) -> None:
         if self._filter is not None:
             self._filter.reset()
 
-    def _position(self, transform: np.ndarray) -> np.ndarray:
-        return np.asarray(transform[:3, 3], np.float64) * self._flip
+    def _position(self, transform: np.ndarray, face_size: float) -> np.ndarray:
+        """x, y (cm) and the face's size in the image."""
+        return np.r_[np.asarray(transform[:2, 3], np.float64) * self._flip[:2], face_size]
 
-    def __call__(self, transform: np.ndarray, rotation: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray, float]:
-        position = self._position(transform)
+    def __call__(self, transform: np.ndarray, face_size: float, rotation: np.ndarray,
+                 dt: float) -> tuple[np.ndarray, np.ndarray, float]:
+        position = self._position(transform, face_size)
         if not self._calibrated and len(self._rest_rotations) < SETTLE_FRAMES:
             self._rest_rotations.append(rotation)
             self._rest_positions.append(position)
         u, _, vt = np.linalg.svd(np.mean(self._rest_rotations, axis=0))
         rest_rotation, rest_position = u @ vt, np.mean(self._rest_positions, axis=0)
-        if abs(position[2]) < 1e-6 or abs(rest_position[2]) < 1e-6:  # no depth: an identity transform
+        if rest_position[2] < 1e-6:
             return rotation @ rest_rotation.T, np.zeros(3), 1.0
-        moved = np.r_[position[:2] - rest_position[:2], rest_position[2] / position[2]]
+        moved = np.r_[position[:2] - rest_position[:2], position[2] / rest_position[2]]
         if self._filter is not None:
             moved = self._filter(moved, dt)
         return rotation @ rest_rotation.T, np.r_[moved[:2], 0.0], float(moved[2])
