@@ -46,7 +46,8 @@ def assets() -> Path:
     from realtime.paths import assets_dir
 
     folder = assets_dir()
-    if not (folder / ICT_MODEL_NAME).is_file() or not (folder / "face_landmarker.task").is_file():
+    needed = (ICT_MODEL_NAME, "face_landmarker.task", "selfie_segmentation.tflite")
+    if not all((folder / name).is_file() for name in needed):
         if not SHARED_ASSETS.is_dir():
             pytest.skip("assets are not fetched and the shared mirror is absent: run tools/fetch_assets.py")
         logging.getLogger(__name__).info("fetching assets from %s", SHARED_ASSETS)

@@ -26,6 +26,8 @@ from realtime.rendering.renderer import AvatarRenderer, RenderOptions
 
 SKIN_PARTS = ("face",)  # fades into the photo at its outline
 HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown instead
+# Unlit, the mouth's materials would be as bright as lit skin; a real mouth interior is in the lips' shadow.
+MOUTH_SHADOW = {"mouth_socket": 0.5, "gums_tongue": 0.45, "teeth": 0.9}
 
 
 def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identity, avatar: Avatar,
@@ -49,8 +51,10 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
 
     hidden = _vertex_mask(model, model.part_mask(*HIDDEN_PARTS))
     kept = ~hidden[triangles].all(axis=1)
-    mesh = dataclasses.replace(build_avatar_mesh(model, identity.iris_color), triangles=triangles[kept],
-                               photo=attributes)
+    mesh = build_avatar_mesh(model, identity.iris_color)
+    for part, shade in MOUTH_SHADOW.items():
+        mesh.material[np.unique(model.triangles[model.part_mask(part)]), :3] *= shade
+    mesh = dataclasses.replace(mesh, triangles=triangles[kept], photo=attributes)
     depth = pixels[:, 2]
     extent = float(np.ptp(pixels[:, :3], axis=0).max())
     camera = ortho_camera(size, projection, (float(depth.min()) - extent, float(depth.max()) + extent))

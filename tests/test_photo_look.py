@@ -1,0 +1,175 @@
+"""The photo look on real photos, real segmentation and real renders: what a user sees in the output frame."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from realtime.head import AvatarPose, HeadOffset
+from realtime.reenactment import ssim
+from tests.conftest import media, neutral_weights
+
+SIZE = (640, 360)
+FOREHEAD, CHIN = 10, 152
+INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+
+
+def yaw(degrees: float) -> np.ndarray:
+    a = np.radians(degrees)
+    return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+
+
+@pytest.fixture(scope="module")
+def webcam_photo(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """The first frame of a real webcam clip, saved as the identity photo (640 x 360, the output's own size)."""
+    from realtime.io.clips import open_video
+
+    frame = next(iter(open_video(media("pyfeat_single_face.mp4")))).image
+    path = tmp_path_factory.mktemp("photo") / "webcam.png"
+    cv2.imwrite(str(path), frame[:, :, ::-1])
+    return path, frame
+
+
+@pytest.fixture(scope="module")
+def photo_pipeline(assets, gl_context, webcam_photo):
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.rendering.renderer import RenderOptions
+
+    # a clear colour no photo has: wherever it shows, nothing was drawn (a hole)
+    options = PipelineOptions(identity=webcam_photo[0], look="photo",
+                              render=RenderOptions(size=SIZE, background=(1.0, 0.0, 1.0)))
+    pipeline = RetargetPipeline.create(options, gl_context)
+    yield pipeline
+    pipeline.close()
+
+
+def posed(pipeline, expression=None, rotation=np.eye(3), translation=(0.0, 0.0, 0.0), scale=1.0) -> np.ndarray:
+    weights = np.zeros(len(pipeline.model.expression_names), np.float32) if expression is None else expression
+    offset = HeadOffset(rotation, np.array(translation, float), scale)
+    return pipeline.render_pose(AvatarPose(weights, np.eye(3), True, offset))
+
+
+def test_at_rest_the_output_is_the_photo(photo_pipeline, webcam_photo) -> None:
+    rest = photo_pipeline.render_pose(photo_pipeline.neutral_pose())
+    assert rest.shape == (SIZE[1], SIZE[0], 3)
+    assert ssim(rest, webcam_photo[1]) >= 0.95
+    assert np.abs(rest.astype(int) - webcam_photo[1]).mean() < 2.0
+
+
+def test_hair_turns_with_the_head_and_the_background_stays(photo_pipeline, image_tracker, webcam_photo) -> None:
+    photo = webcam_photo[1]
+    face = image_tracker.track(photo)
+    rest = posed(photo_pipeline)
+    turned = posed(photo_pipeline, rotation=yaw(15))
+    top, chin = face.landmarks[FOREHEAD, :2], face.landmarks[CHIN, :2]
+    hair = (top + (top - chin) * 0.25).astype(int)  # above the forehead: hair in this photo
+    patch = np.s_[hair[1] - 6:hair[1] + 6, hair[0] - 20:hair[0] + 20]
+    assert np.abs(turned[patch].astype(int) - rest[patch]).mean() > 8, "the hair moved with the head"
+    person = photo_pipeline.identity.photo_view.person > 0.05
+    away = cv2.dilate(person.astype(np.uint8), np.ones((31, 31), np.uint8)) == 0  # 15 px clear of the person
+    rows = np.zeros_like(away)
+    rows[int(top[1]):int(chin[1])] = True
+    beside = away & rows  # the background at the head's height, both sides
+    assert beside.sum() > 5000
+    assert np.abs(turned[beside].astype(int) - rest[beside]).mean() < 1.0, "the background did not move"
+    assert np.abs(rest[beside].astype(int) - photo[beside]).mean() < 1.0
+
+
+@pytest.mark.parametrize("motion", [dict(rotation=yaw(25)), dict(rotation=yaw(-25)), dict(translation=(6, 0, 0)),
+                                    dict(translation=(-6, 3, 0)), dict(scale=0.85), dict(scale=1.15)],
+                         ids=["turn-left", "turn-right", "move-right", "move-left-up", "lean-back", "lean-in"])
+def test_motion_never_uncovers_a_hole(photo_pipeline, webcam_photo, motion) -> None:
+    photo = webcam_photo[1]
+    moved = posed(photo_pipeline, **motion)
+    hole = (moved[..., 0] > 200) & (moved[..., 1] < 60) & (moved[..., 2] > 200)  # the magenta clear colour
+    assert hole.sum() == 0, f"{hole.sum()} pixels where nothing was drawn"
+    assert (moved.max(axis=2) == 0).sum() <= (photo.max(axis=2) == 0).sum(), "no black the photo did not have"
+    assert np.abs(moved.astype(int) - photo).mean() > 1.0, "and the head did move"
+
+
+def test_the_mouth_opens_with_the_jaw_and_shows_teeth(photo_pipeline, image_tracker) -> None:
+    model = photo_pipeline.model
+    rest = posed(photo_pipeline)
+    open_mouth = posed(photo_pipeline, neutral_weights(model, jawOpen=0.7))
+    before, after = image_tracker.track(rest), image_tracker.track(open_mouth)
+    assert after.blendshape("jawOpen") > before.blendshape("jawOpen") + 0.2
+    lips = after.landmarks[list(INNER_LIPS), :2].astype(np.int32)
+    inside = np.zeros(open_mouth.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [lips], 1)
+    mouth = open_mouth[inside.astype(bool)].astype(int)
+    assert (mouth.min(axis=1) > 150).sum() >= 10, "white teeth in the open mouth"
+    assert (mouth.max(axis=1) < 80).sum() >= 20, "a dark mouth interior"
+
+
+def test_no_seam_where_the_face_meets_the_photo(photo_pipeline, image_tracker, webcam_photo) -> None:
+    """A horizontal profile across the cheek's outline, with the head turned: no step where the rendered face ends."""
+    photo = webcam_photo[1]
+    face = image_tracker.track(photo)
+    turned = posed(photo_pipeline, neutral_weights(photo_pipeline.model, mouthSmile_L=0.6, mouthSmile_R=0.6),
+                   rotation=yaw(10))
+    moved_face = image_tracker.track(turned)
+    y = int(face.landmarks[1, 1])  # the nose tip's row crosses both cheeks' outlines
+    outline = moved_face.landmarks[[234, 454], 0]  # the face's left and right edges at about that height
+    grey = cv2.cvtColor(turned, cv2.COLOR_RGB2GRAY).astype(float)
+    reference = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY).astype(float)
+    for edge in outline:
+        x0, x1 = int(edge - 25), int(edge + 25)
+        step = np.abs(np.diff(grey[y - 2:y + 3, x0:x1].mean(axis=0))).max()
+        own = np.abs(np.diff(reference[y - 2:y + 3, x0 - 10:x1 + 10].mean(axis=0))).max()
+        assert step <= own + 6, f"a step of {step:.0f} grey levels at the face's edge (the photo's own: {own:.0f})"
+
+
+def test_a_lost_face_eases_back_to_the_photo_at_rest(photo_pipeline, webcam_photo) -> None:
+    from realtime.io.clips import open_video
+
+    frames = [f.image for f in open_video(media("pyfeat_single_face.mp4"))]
+    for index, rgb in enumerate(frames[:40:2]):
+        photo_pipeline.pose(photo_pipeline.track(rgb, index / 15), 1 / 15)
+    for _ in range(60):
+        pose = photo_pipeline.pose(None, 1 / 30)
+    assert not pose.tracked
+    assert ssim(photo_pipeline.render_pose(pose), webcam_photo[1]) >= 0.95
+
+
+def test_the_photo_is_framed_around_a_small_face(assets, gl_context, tmp_path, image_tracker) -> None:
+    """A portrait pasted off-centre into a bigger canvas: the output is framed around the face, not the canvas."""
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.io.images import read_image
+    from realtime.rendering.renderer import RenderOptions
+
+    portrait = read_image(media("skimage_astronaut.png"), "photo")
+    canvas = np.full((700, 700, 3), 200, np.uint8)
+    canvas[188:700, 188:700] = portrait
+    path = tmp_path / "small.png"
+    cv2.imwrite(str(path), canvas[:, :, ::-1])
+    pipeline = RetargetPipeline.create(PipelineOptions(identity=path, look="photo", use_cache=False,
+                                                       render=RenderOptions(size=(640, 480))), gl_context)
+    try:
+        rest = pipeline.render_pose(pipeline.neutral_pose())
+    finally:
+        pipeline.close()
+    face, whole = image_tracker.track(rest), image_tracker.track(cv2.resize(canvas, (640, 480)))
+    assert face is not None and whole is not None
+    x0, y0, x1, y1 = face.box
+    assert (y1 - y0) > 1.1 * (whole.box[3] - whole.box[1]), "closer than the whole canvas would be"
+    assert 0.35 * 640 < (x0 + x1) / 2 < 0.65 * 640, "the face near the middle, where the canvas had it at the side"
+    assert rest.max(axis=2).min() > 0, "no black bars"
+
+
+def test_a_still_clip_of_the_photo_gives_the_photo(assets, webcam_photo, tmp_path) -> None:
+    """The app end to end: the photo as identity, a still clip of the photo itself as the driver."""
+    from realtime.cli import main
+    from realtime.io.clips import ClipWriter, open_video
+
+    path, photo = webcam_photo
+    still = tmp_path / "still.mp4"
+    with ClipWriter(still, 15.0, (photo.shape[1], photo.shape[0])) as writer:
+        for _ in range(12):
+            writer.write(photo)
+    out = tmp_path / "out.mp4"
+    assert main(["--identity", str(path), "--source", str(still), "--record", str(out), "--no-window", "--no-vcam",
+                 "--size", f"{SIZE[0]}x{SIZE[1]}"]) == 0
+    frames = [f.image for f in open_video(out)]
+    assert len(frames) == 12
+    assert min(ssim(frame, photo) for frame in frames) >= 0.95
