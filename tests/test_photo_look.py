@@ -44,7 +44,8 @@ def photo_pipeline(assets, gl_context, webcam_photo):
     pipeline.close()
 
 
-def posed(pipeline, expression=None, rotation=np.eye(3), translation=(0.0, 0.0, 0.0), scale=1.0) -> np.ndarray:
+def posed(pipeline, expression=None, rotation=None, translation=(0.0, 0.0, 0.0), scale=1.0) -> np.ndarray:
+    rotation = np.eye(3) if rotation is None else rotation
     weights = np.zeros(len(pipeline.model.expression_names), np.float32) if expression is None else expression
     offset = HeadOffset(rotation, np.array(translation, float), scale)
     return pipeline.render_pose(AvatarPose(weights, np.eye(3), True, offset))
@@ -154,7 +155,8 @@ def test_the_photo_is_framed_around_a_small_face(assets, gl_context, tmp_path, i
     x0, y0, x1, y1 = face.box
     assert (y1 - y0) > 1.1 * (whole.box[3] - whole.box[1]), "closer than the whole canvas would be"
     assert 0.35 * 640 < (x0 + x1) / 2 < 0.65 * 640, "the face near the middle, where the canvas had it at the side"
-    assert rest.max(axis=2).min() > 0, "no black bars"
+    edges = (rest[:, :4], rest[:, -4:], rest[:4], rest[-4:])
+    assert all(np.median(edge) > 40 for edge in edges), "no black bars"
 
 
 def test_a_still_clip_of_the_photo_gives_the_photo(assets, webcam_photo, tmp_path) -> None:
