@@ -204,6 +204,9 @@ def build_pipeline(args: argparse.Namespace, ctx=None):  # -> RetargetPipeline |
 
         if color is None:
             raise UserError("--background IMAGE is not available with --deca-data yet: give a colour like #223344")
+        if args.look == "photo" and args.style == "textured":
+            log.warning("the photo look is not available with --deca-data yet: showing the FLAME head alone "
+                        "(--look head)")
         if more:
             raise UserError(f"--deca-data animates one identity, {len(args.identity)} were given: name one photo "
                             "(switching identities works on the default path)")

@@ -244,6 +244,7 @@ def report(recording: Recording, names: tuple[str, ...] = REPORTED,
                   frames_with_face=int(np.isfinite(recording.driver[:, 0]).sum()))
 
 
-def create_pipeline(identity: Path, smoothing: float, ctx: moderngl.Context | None = None) -> RetargetPipeline:
-    return RetargetPipeline.create(PipelineOptions(identity=identity, retarget=RetargetOptions(smoothing=smoothing)),
-                                   ctx)
+def create_pipeline(identity: Path, smoothing: float, ctx: moderngl.Context | None = None,
+                    look: str = "head") -> RetargetPipeline:
+    options = PipelineOptions(identity=identity, retarget=RetargetOptions(smoothing=smoothing), look=look)
+    return RetargetPipeline.create(options, ctx)

@@ -21,8 +21,8 @@ def test_screenshots_show_the_window_and_faces(assets, image_tracker, tmp_path) 
         cwd=PROJECT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["identities.png", "preview.gif", "preview.png", "retargeted.gif",
-                                                     "retargeted.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["head-look.png", "identities.png", "preview.gif", "preview.png",
+                                                     "retargeted.gif", "retargeted.mp4"]
 
     preview = np.asarray(Image.open(out / "preview.png").convert("RGB"))
     assert preview.shape == (480, 1280, 3)

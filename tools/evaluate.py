@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identity", type=Path, metavar="PHOTO", help="the avatar's photo")
     parser.add_argument("--self-reenact", type=Path, metavar="CLIP", help="self-reenactment of CLIP instead")
     parser.add_argument("--frame", type=int, default=0, metavar="K", help="with --self-reenact: the identity frame")
-    parser.add_argument("--look", choices=("photo", "head"), default="photo", help="with --self-reenact")
+    parser.add_argument("--look", choices=("photo", "head"), default="photo", help="the look evaluated")
     parser.add_argument("--smoothing", type=float, default=1.0, help="temporal filter strength (0: off)")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="draw driver vs avatar series")
     parser.add_argument("--record", type=Path, metavar="OUT.mp4", help="also write the avatar clip")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.driver.is_file():
             raise UserError(f"driver clip {args.driver} not found: check the path")
-        pipeline = create_pipeline(args.identity, args.smoothing)
+        pipeline = create_pipeline(args.identity, args.smoothing, look=args.look)
         try:
             recording = record(pipeline, args.driver, args.record)
         finally:

@@ -7,9 +7,10 @@ Writes into --out (an ignored folder; nothing here is committed):
 - ``preview.png``: the preview window (camera left, avatar right, overlay, identity thumbnails) from the live loop
   playing --live-driver as a webcam in real time, recording, with the identity keys 2 and 3 pressed part-way;
   ``preview.gif``: the same session, every third frame at half size.
-- ``identities.png``: one driver frame on each identity, side by side.
-- ``retargeted.gif`` (and ``retargeted.mp4``): --clip retargeted offline onto the first identity, driver and avatar
-  side by side.
+- ``identities.png``: one driver frame on each identity, side by side, in the photo look (the default);
+  ``head-look.png``: the same frame on the first identity in the head look.
+- ``retargeted.gif`` (and ``retargeted.mp4``): --clip retargeted offline onto the first identity in the photo look,
+  driver and avatar side by side.
 
 The window is composed off-screen with the window's own `compose` (what `PreviewWindow.show` puts on screen, texel for
 texel), so no display is needed. At the end every picture's avatar is tracked again with the app's FaceTracker; the
@@ -174,7 +175,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         options = PipelineOptions(identity=identities[0], more_identities=tuple(identities[1:]),
-                                  render=RenderOptions(size=(640, 480)))
+                                  render=RenderOptions(size=(640, 480)), look="photo")
         with tempfile.TemporaryDirectory() as folder:
             pipeline = RetargetPipeline.create(options)
             try:
@@ -187,7 +188,12 @@ def main() -> int:
                 save_png(identities_strip(pipeline, args.live_driver), args.out / "identities.png")
             finally:
                 pipeline.close()
-            single = RetargetPipeline.create(PipelineOptions(identity=identities[0]))
+            head = RetargetPipeline.create(PipelineOptions(identity=identities[0], look="head"))
+            try:
+                save_png(identities_strip(head, args.live_driver), args.out / "head-look.png")
+            finally:
+                head.close()
+            single = RetargetPipeline.create(PipelineOptions(identity=identities[0], look="photo"))
             try:
                 render_clip(single, args.clip, args.out / "retargeted.mp4", overwrite=True)
             finally:
