@@ -46,8 +46,9 @@ examples:
                                                          the same, replacing out.mp4, with debug logging
   realtime-retarget --identity photo.jpg --source clip.mp4 --live --loop --no-vcam
                                                          play a clip as if it were a webcam, again and again
-  realtime-retarget --identity photo.jpg --background beach.jpg --smoothing 2 --no-head-pose
-                                                         an image behind the avatar, calmer motion, facing ahead
+  realtime-retarget --identity photo.jpg --look head --background beach.jpg --smoothing 2 --no-head-pose
+                                                         the head alone (not the photo come alive) on an image,
+                                                         calmer motion, facing ahead
   realtime-retarget --identity photo.jpg --hold-when-lost --no-cache
                                                          keep the last expression when the face is lost; prepare
                                                          the photo again instead of using the cache
@@ -204,16 +205,13 @@ def build_pipeline(args: argparse.Namespace, ctx=None):  # -> RetargetPipeline |
 
         if color is None:
             raise UserError("--background IMAGE is not available with --deca-data yet: give a colour like #223344")
-        if args.look == "photo" and args.style == "textured":
-            log.warning("the photo look is not available with --deca-data yet: showing the FLAME head alone "
-                        "(--look head)")
         if more:
             raise UserError(f"--deca-data animates one identity, {len(args.identity)} were given: name one photo "
                             "(switching identities works on the default path)")
         return DecaPipeline.create(DecaOptions(identity=first, deca_data=args.deca_data, size=args.size,
                                                style=args.style, detail=not args.no_detail, backend=args.backend,
                                                head_pose=args.head_pose, background=color,
-                                               smoothing=args.smoothing), ctx)
+                                               smoothing=args.smoothing, look=args.look), ctx)
     from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
     from realtime.ict.retarget import RetargetOptions
     from realtime.rendering.renderer import RenderOptions

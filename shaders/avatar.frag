@@ -5,7 +5,8 @@
 //  1 "sh" (DECA textured): albedo times the identity's 9x3 spherical-harmonics light, as DECA's add_SHlight;
 //  2 "shape" (DECA's grey detail-shape preview): albedo 180/255, five directional lights of intensity 1.7, averaged;
 //  3 "photo" (the photo look): unlit, the photo's own pixels where it saw this point at rest, the texture or material
-//    elsewhere (mouth, teeth, eyes under the lids), and the per-vertex opacity that fades the face into the photo.
+//    elsewhere (mouth, teeth, eyes under the lids), and the per-vertex opacity that fades the face into the photo;
+//    a detail normal map changes the shading by its ratio to the smooth surface's.
 // An optional model-space normal map in UV space (DECA's detail normals) replaces the interpolated normal.
 uniform sampler2D albedo;
 uniform sampler2D photo;       // photo look: the framed identity photo
@@ -51,7 +52,14 @@ void main() {
     vec3 color;
     if (lighting == 3) {
         if (v_photo.w < 0.004) discard;
-        frag_color = vec4(mix(base, texture(photo, v_photo.xy).rgb, clamp(v_photo.z, 0.0, 1.0)), v_photo.w);
+        vec3 shown = mix(base, texture(photo, v_photo.xy).rgb, clamp(v_photo.z, 0.0, 1.0));
+        if (use_normal_map) {  // DECA's detail: the change of shading it makes, on the photo's own shading
+            vec3 smooth_n = gl_FrontFacing ? normalize(v_normal) : -normalize(v_normal);
+            float detailed = ambient + (1.0 - ambient) * max(dot(n, light_dir), 0.0);
+            float smooth_shade = ambient + (1.0 - ambient) * max(dot(smooth_n, light_dir), 0.0);
+            shown *= detailed / max(smooth_shade, 0.05);
+        }
+        frag_color = vec4(clamp(shown, 0.0, 1.0), v_photo.w);
         return;
     }
     if (lighting == 1) {

@@ -106,7 +106,7 @@ def test_deca_takes_one_identity(tmp_path: Path) -> None:
 def test_options_reach_the_pipeline(assets, gl_context) -> None:
     args = parse_args(["--identity", str(media("pyfeat_single_face.jpg")), "--identity",
                        str(media("skimage_astronaut.png")), "--size", "320x240", "--smoothing", "0", "--mirror",
-                       "--no-head-pose", "--hold-when-lost", "--background", "#ff0000"])
+                       "--no-head-pose", "--hold-when-lost", "--look", "head", "--background", "#ff0000"])
     pipeline = build_pipeline(args, gl_context)
     try:
         assert pipeline.identity_names == ("pyfeat_single_face.jpg", "skimage_astronaut.png")

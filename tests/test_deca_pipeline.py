@@ -208,3 +208,56 @@ def test_flame_eyes_follow_the_drivers_gaze(image_tracker) -> None:
     for rotation in (eyes[:3], eyes[3:]):
         gaze = rotation_exp(rotation) @ np.array([0.0, 0.0, 1.0])
         assert gaze[0] > 0.4 and gaze[1] > 0.3, "both eyes look to the subject's left and up"
+
+
+def test_the_photo_look_brings_the_photo_alive_on_the_flame_head(deca_folder, gl_context, image_tracker) -> None:
+    """The FLAME head in the photo look: the photo at rest, hair that turns with the head, never a hole.
+
+    (The generated checkpoint's random camera makes its head small in the photo: the mouth is tested below.)"""
+    from realtime.deca.pipeline import DecaOptions, DecaPipeline
+    from realtime.head import AvatarPose, HeadOffset
+    from realtime.io.images import read_image
+    from realtime.reenactment import ssim
+
+    photo = read_image(media("pyfeat_single_face.jpg"), "photo")
+    size = (photo.shape[1], photo.shape[0])
+    options = DecaOptions(identity=media("pyfeat_single_face.jpg"), deca_data=deca_folder, size=size, look="photo",
+                          background=(1.0, 0.0, 1.0))
+    pipeline = DecaPipeline.create(options, gl_context)
+    try:
+        rest = pipeline.render_pose(pipeline.neutral_pose())
+        assert rest.shape == photo.shape and ssim(rest, photo) >= 0.95, "at rest, the photo"
+        x0, y0, x1, y1 = (int(v) for v in image_tracker.track(photo).box)
+        a = np.radians(15)
+        turn = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        turned = pipeline.render_pose(AvatarPose(pipeline.neutral_pose().expression, np.eye(3), True,
+                                                 HeadOffset(turn)))
+        hair = np.s_[max(0, y0 - (y1 - y0) // 4):y0, x0:x1]
+        assert np.abs(turned[hair].astype(int) - rest[hair]).mean() > 5, "the hair turns with the head"
+        hole = (turned[..., 0] > 200) & (turned[..., 1] < 60) & (turned[..., 2] > 200)
+        assert not hole.any(), "nothing left undrawn"
+    finally:
+        pipeline.close()
+
+
+def test_flames_open_mouth_is_closed_from_behind() -> None:
+    """FLAME has no mouth interior: the hole between the lips is found and closed by a fan facing the camera."""
+    from realtime.deca.photo_look import MouthCavity, facing_the_camera, mouth_cavity, with_cavity
+    from tests.deca_fixtures import COLUMNS, HOLES, flame_arrays
+
+    arrays = flame_arrays(np.random.default_rng(0))
+    faces, vertices = arrays["f"].astype(np.int64), arrays["v_template"].astype(np.float64)
+    pixels = vertices[:, :2] * np.array([1000.0, -1000.0]) + 300  # a frontal photo, y down
+    lips = {ring * COLUMNS + column + k for ring, column in HOLES for k in (0, 1)}
+    lips |= {(ring + 1) * COLUMNS + column + k for ring, column in HOLES for k in (0, 1)}
+    landmarks = np.zeros((478, 3))
+    landmarks[[13, 14], :2] = pixels[sorted(lips)].mean(axis=0)
+    cavity = mouth_cavity(faces, pixels, landmarks)
+    assert cavity is not None and set(cavity.loop.tolist()) == lips, "the hole between the lips"
+    deep = with_cavity(vertices, MouthCavity(cavity.loop, 0.01), np.eye(3))
+    assert deep.shape == (len(vertices) + 1, 3) and deep[-1, 2] < vertices[cavity.loop, 2].mean(), "behind the lips"
+    ring = np.arange(len(cavity.loop))
+    fan = facing_the_camera(np.c_[ring, np.roll(ring, -1), np.full(len(ring), len(ring))],
+                            np.r_[pixels[cavity.loop], [pixels[cavity.loop].mean(axis=0)]])
+    a, b, c = (np.r_[pixels[cavity.loop], [pixels[cavity.loop].mean(axis=0)]][fan[:, k]] for k in range(3))
+    assert ((b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0]).sum() < 0, "front faces, as GL sees them"

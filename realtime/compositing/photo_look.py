@@ -100,10 +100,15 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     return PhotoLayers(framing, framed, layer.astype(np.float32), motion, plate, frame_landmarks, iod)
 
 
-def ortho_camera(size: tuple[int, int], projection: np.ndarray, depth_range: tuple[float, float]) -> np.ndarray:
-    """(4, 4) model -> GL clip space for a (4, 4) model -> frame pixels (y down) and depth ``projection``."""
+def ortho_camera(size: tuple[int, int], projection: np.ndarray, depth: float) -> np.ndarray:
+    """(4, 4) model -> GL clip space for a (4, 4) model -> frame pixels (y down) and depth ``projection``.
+
+    The depth range is centred on the head's ``depth`` and spans twice the frame's size either way: whatever the
+    head's size in the frame, a turned head or layer (whose depths move by up to the frame's width) is never clipped.
+    """
     width, height = size
-    near, far = depth_range
+    reach = 2.0 * max(width, height)
+    near, far = depth - reach, depth + reach
     ortho = np.array([[2 / width, 0, 0, -1], [0, -2 / height, 0, 1], [0, 0, 2 / (far - near), -(far + near) /
                       (far - near)], [0, 0, 0, 1]], np.float64)
     return (ortho @ projection).astype(np.float32)

@@ -22,6 +22,7 @@ import cv2
 import moderngl
 import numpy as np
 
+from realtime.compositing.segmentation import person_mask
 from realtime.deca.crop import deca_crop
 from realtime.deca.data import DecaData
 from realtime.deca.detail_normals import DetailNormalPass
@@ -35,16 +36,24 @@ from realtime.deca.flame import (
     read_head_template,
 )
 from realtime.deca.landmark_fit import ExpressionFitter, FlameLandmarks
+from realtime.deca.photo_look import (
+    DecaPhotoView,
+    neck_pivot,
+    photo_codes,
+    photo_look_renderer,
+    photo_matrix,
+    with_cavity,
+)
 from realtime.errors import UserError
-from realtime.geometry.fitting import fit_weak_perspective, weak_perspective_projection
+from realtime.geometry.fitting import fit_weak_perspective, inter_ocular_distance, weak_perspective_projection
 from realtime.geometry.normals import VertexNormals
-from realtime.head import GAZE_DEGREES, AvatarGeometry, AvatarPose, blend, model_matrix
+from realtime.head import GAZE_DEGREES, AvatarGeometry, AvatarPose, HeadOffset, blend, model_matrix
 from realtime.io.images import read_image
 from realtime.paths import PROJECT_ROOT, cache_dir
 from realtime.rendering.photo_texture import bake_photo, face_region_mask
 from realtime.rendering.renderer import AvatarMesh, AvatarRenderer, RenderOptions, create_context
 from realtime.tracking.filtering import OneEuroParameters, PoseFilter, head_filter_parameters
-from realtime.tracking.head_pose import head_rotation
+from realtime.tracking.head_pose import HeadMotion, head_rotation
 from realtime.tracking.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,7 @@ class DecaOptions:
     background: tuple[float, float, float] = (0.086, 0.094, 0.114)
     ease_seconds: float = 0.4
     smoothing: float = 1.0  # strength of the temporal filter on the codes and head pose (see RetargetOptions)
+    look: str = "head"  # "photo": the identity photo comes alive (textured style only); "head": the head alone
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,6 +136,7 @@ class DecaIdentity:
     detail: np.ndarray  # (128,) DECA's detail code
     light: np.ndarray  # (9, 3) spherical-harmonics light
     albedo: np.ndarray  # (H, W, 3) uint8, GL rows, the head template's UV layout
+    photo_view: DecaPhotoView  # how the photo shows the head, for the photo look
 
 
 def photo_projection(cam: np.ndarray, crop_transform: np.ndarray) -> np.ndarray:
@@ -170,23 +181,27 @@ def eye_rotations(face: FaceObservation) -> np.ndarray:
     return np.array(rotations, np.float32)
 
 
-def fit_photo(model: DecaModel, photo: np.ndarray, face: FaceObservation) -> tuple[dict, FlameIdentity, np.ndarray]:
-    """The photo's codes, its FLAME identity and the projection from FLAME space into the photo."""
+def fit_photo(model: DecaModel, photo: np.ndarray,
+              face: FaceObservation) -> tuple[dict, FlameIdentity, np.ndarray, np.ndarray]:
+    """The photo's codes, its FLAME identity, the projection from (posed) FLAME space into the photo, and the
+    rotation from that space to the camera (DECA's camera does not rotate: FLAME's global pose holds the head's)."""
     if model.encoder is not None:
         crop, transform = deca_crop(photo, face.landmarks)
         code = model.encoder.encode(crop)
         code["detail"] = model.encoder.encode_detail(crop)
-        return code, flame_identity(model.flame, code["shape"]), photo_projection(code["cam"], transform)
+        projection = photo_projection(code["cam"], transform)
+        return code, flame_identity(model.flame, code["shape"]), projection, np.eye(3)
     identity = flame_identity(model.flame, np.zeros(100, np.float32))  # FLAME's mean head: no shape encoder
     fitter = ExpressionFitter(model.flame, identity, model.landmarks)
     exp, jaw, _ = fitter.fit(face.landmarks)
     points, pixels = fitter.points(exp, jaw), face.landmarks[fitter.landmarks.mediapipe, :2]
-    projection = weak_perspective_projection(*fit_weak_perspective(points, pixels, np.ones(len(points))))
+    rotation, scale, translation = fit_weak_perspective(points, pixels, np.ones(len(points)))
+    projection = weak_perspective_projection(rotation, scale, translation)
     flat_light = np.zeros((9, 3), np.float32)
     flat_light[0] = 1 / 0.282095  # an even white light: the photo texture as it is
     code = {"exp": exp, "pose": np.r_[np.zeros(3), jaw], "tex": np.zeros(50), "light": flat_light,
             "detail": np.zeros(128, np.float32)}
-    return code, identity, projection
+    return code, identity, projection, rotation
 
 
 def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Context) -> DecaIdentity:
@@ -196,8 +211,9 @@ def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Cont
         face = tracker.track(photo)
     if face is None:
         raise UserError(f"no face found in {photo_path}: use a photo with one clearly visible, roughly frontal face")
-    code, identity, projection = fit_photo(model, photo, face)
-    posed = flame_vertices(model.flame, identity, code["exp"], full_pose(code["pose"][:3], code["pose"][3:6]))
+    code, identity, projection, rotation = fit_photo(model, photo, face)
+    pose = full_pose(code["pose"][:3], code["pose"][3:6])
+    posed = flame_vertices(model.flame, identity, code["exp"], pose)
     template = model.template
     normals = VertexNormals(template.render_vertex[template.triangles], len(posed))(posed)
     atlas = bake_photo(
@@ -223,6 +239,8 @@ def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Cont
         detail=code["detail"],
         light=np.asarray(code["light"], np.float32).reshape(9, 3),
         albedo=np.clip(albedo * 255 + 0.5, 0, 255).astype(np.uint8),
+        photo_view=DecaPhotoView(np.asarray(code["exp"], np.float32), pose, rotation, projection, face.landmarks,
+                                 person_mask(photo)),
     )
 
 
@@ -254,7 +272,16 @@ class DecaPipeline:
             uv=template.render_uv.astype(np.float32),
             material=np.tile(np.array([[0.7, 0.7, 0.7, 1.0]], np.float32), (len(template.render_vertex), 1)),
         )
-        self.renderer = AvatarRenderer(ctx, mesh, identity.albedo, render)
+        self.photo_look = options.look == "photo" and options.style == "textured"
+        self._cavity = None
+        if self.photo_look:
+            view = identity.photo_view
+            rest = flame_vertices(model.flame, identity.flame, view.exp, view.pose)
+            self.renderer, self._cavity = photo_look_renderer(
+                ctx, template, model.flame.faces, identity.albedo, view, rest, self._normals(rest),
+                read_image(options.identity, "identity photo"), render)
+        else:
+            self.renderer = AvatarRenderer(ctx, mesh, identity.albedo, render)
         self.renderer.set_sh_light(identity.light)
         self._detail = None
         self._fitter = None
@@ -265,6 +292,8 @@ class DecaPipeline:
                                             model.fixed_displacement)
             self.renderer.set_normal_map(self._detail.texture)
         self._pivot = identity.flame.joints[1]  # the neck joint
+        if self.photo_look:
+            self._pivot = neck_pivot(identity.flame.joints, identity.photo_view.pose)
         self._pose = self.neutral_pose()
         self._rest = np.zeros(N_EXP + N_JAW + N_EYES, np.float32)
         self._filter = None
@@ -272,6 +301,7 @@ class DecaPipeline:
             min_cutoff, beta = CODE_FILTER_TUNING
             self._filter = PoseFilter(OneEuroParameters(min_cutoff / options.smoothing, beta / options.smoothing),
                                       head_filter_parameters(options.smoothing))
+        self._motion = HeadMotion(head_filter_parameters(options.smoothing) if options.smoothing > 0 else None)
 
     @classmethod
     def create(cls, options: DecaOptions, ctx: moderngl.Context | None = None) -> "DecaPipeline":
@@ -310,6 +340,10 @@ class DecaPipeline:
 
     def calibrate_neutral(self, face: DecaFace) -> None:
         self._rest = np.r_[face.exp, face.jaw, np.zeros(N_EYES)].astype(np.float32)
+        if self.options.head_pose:
+            observation = face.observation
+            self._motion.calibrate(observation.transform, inter_ocular_distance(observation.landmarks),
+                                   head_rotation(observation.transform))
 
     def pose(self, face: DecaFace | None, dt: float) -> AvatarPose:
         if face is not None:
@@ -317,21 +351,37 @@ class DecaPipeline:
             codes = np.r_[face.exp, face.jaw, eye_rotations(face.observation)] - self._rest
             if self._filter is not None:
                 codes, rotation = self._filter(codes, rotation, dt)
-            self._pose = AvatarPose(codes.astype(np.float32), rotation, True)
+            offset = HeadOffset()
+            if self.options.head_pose:
+                size = inter_ocular_distance(face.observation.landmarks)
+                offset = HeadOffset(*self._motion(face.observation.transform, size, rotation, dt))
+            self._pose = AvatarPose(codes.astype(np.float32), rotation, True, offset)
         else:
             if self._filter is not None:
                 self._filter.reset()
+            self._motion.reset_filter()
             amount = 1.0 - np.exp(-max(dt, 0.0) / self.options.ease_seconds)
             self._pose = blend(self._pose, self.neutral_pose(), amount)
         return self._pose
 
     def geometry(self, pose: AvatarPose) -> DecaGeometry:
         exp, jaw, eyes = np.split(pose.expression, [N_EXP, N_EXP + N_JAW])
-        vertices = flame_vertices(self.model.flame, self.identity.flame, exp, full_pose(np.zeros(3), jaw, eyes))
+        if self.photo_look:
+            view = self.identity.photo_view
+            exp, flame_pose = photo_codes(view, exp, jaw, eyes)
+            jaw = flame_pose[6:9]
+            matrix = photo_matrix(view, pose.offset, self._pivot)
+        else:
+            flame_pose, matrix = full_pose(np.zeros(3), jaw, eyes), model_matrix(pose.rotation, self._pivot)
+        vertices = flame_vertices(self.model.flame, self.identity.flame, exp, flame_pose)
+        normals = self._normals(vertices)
         displacement = None
         if self._detail is not None:
             displacement = self.model.encoder.decode_detail(jaw, exp, self.identity.detail)
-        return DecaGeometry(vertices, self._normals(vertices), model_matrix(pose.rotation, self._pivot), displacement)
+        if self._cavity is not None:
+            vertices = with_cavity(vertices, self._cavity, self.identity.photo_view.rotation)
+            normals = np.r_[normals, [[0.0, 0.0, 1.0]]].astype(np.float32)
+        return DecaGeometry(vertices, normals, matrix, displacement)
 
     def draw(self, geometry: DecaGeometry) -> np.ndarray:
         if self._detail is not None and geometry.displacement is not None:

@@ -55,9 +55,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[np.unique(model.triangles[model.part_mask(part)]), :3] *= shade
     mesh = dataclasses.replace(mesh, triangles=triangles[kept], photo=attributes)
-    depth = pixels[:, 2]
-    extent = float(np.ptp(pixels[:, :3], axis=0).max())
-    camera = ortho_camera(size, projection, (float(depth.min()) - extent, float(depth.max()) + extent))
+    camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     return AvatarRenderer(ctx, mesh, identity.albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
                           camera=camera, photo=layers.photo, underlay=look)
