@@ -330,7 +330,7 @@ def test_a_crash_while_caching_an_identity_leaves_no_entry(assets: Path, tmp_pat
     subprocess.run([sys.executable, "-c", PREPARE, str(photo)], cwd=PROJECT, env=env, check=True, capture_output=True)
     complete = [p for p in identities.iterdir() if not p.name.startswith(".")]
     assert len(complete) == 1
-    assert sorted(p.name for p in complete[0].iterdir()) == ["albedo.png", "identity.npz", "meta.json"]
+    assert sorted(p.name for p in complete[0].iterdir()) == ["albedo.png", "identity.npz", "meta.json", "person.png"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from realtime.assets import (
     ICT_FACEKIT_DIR,
     ICT_MODEL_NAME,
     ICT_STAMP,
+    SELFIE_SEGMENTER,
     face_landmarker_path,
     ict_model_path,
     sha256_file,
@@ -37,6 +38,7 @@ from realtime.fetch import (
     fetch_all,
     fetch_face_landmarker,
     fetch_ict_facekit,
+    fetch_pinned_file,
     ict_facekit_expected_files,
 )
 
@@ -146,6 +148,7 @@ def fetched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("fetched") / "assets"
     with _serve(mirror) as url:
         fetch_face_landmarker(dest, url)
+        fetch_pinned_file(SELFIE_SEGMENTER, dest, url)
         assert fetch_ict_facekit(dest, url) is True
     return dest
 
@@ -198,7 +201,8 @@ def test_tool_fetches_from_a_mirror_directory(converted: Path, tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert sha256_file(face_landmarker_path(dest)) == FACE_LANDMARKER.sha256
     assert "already present and verified" in result.stdout
-    assert _leftovers(dest) == sorted([FACE_LANDMARKER.name, ICT_FACEKIT_DIR, ICT_MODEL_NAME])
+    assert sha256_file(dest / SELFIE_SEGMENTER.name) == SELFIE_SEGMENTER.sha256
+    assert _leftovers(dest) == sorted([FACE_LANDMARKER.name, ICT_FACEKIT_DIR, ICT_MODEL_NAME, SELFIE_SEGMENTER.name])
 
 
 # --- failures leave nothing behind ---------------------------------------------------------------------------------
