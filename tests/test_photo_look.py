@@ -175,3 +175,50 @@ def test_a_still_clip_of_the_photo_gives_the_photo(assets, webcam_photo, tmp_pat
     frames = [f.image for f in open_video(out)]
     assert len(frames) == 12
     assert min(ssim(frame, photo) for frame in frames) >= 0.95
+
+
+@pytest.fixture(scope="module")
+def face_embedding():
+    """dlib's face-recognition network (ResNet, 128-d; the weights from face_recognition_models, read as files)."""
+    import importlib.util
+
+    dlib = pytest.importorskip("dlib")
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None:
+        pytest.skip("face_recognition_models is not installed (pip install -e '.[test]')")
+    models = Path(spec.submodule_search_locations[0]) / "models"
+    network = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+    shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+    detector = dlib.get_frontal_face_detector()
+
+    def embed(rgb: np.ndarray) -> np.ndarray:
+        rgb = np.ascontiguousarray(rgb)
+        faces = detector(rgb, 1)
+        assert faces, "dlib finds a face"
+        return np.array(network.compute_face_descriptor(rgb, shape(rgb, max(faces, key=lambda r: r.area()))))
+
+    return embed
+
+
+@pytest.mark.slow
+def test_cross_reenactment_keeps_the_identity(assets, gl_context, face_embedding) -> None:
+    """Another person drives the astronaut: the output is recognised as the astronaut, not as the driver."""
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.io.clips import open_video
+    from realtime.io.images import read_image
+    from realtime.rendering.renderer import RenderOptions
+
+    identity = media("skimage_astronaut.png")
+    pipeline = RetargetPipeline.create(PipelineOptions(identity=identity, look="photo",
+                                                       render=RenderOptions(size=(640, 480))), gl_context)
+    reference = face_embedding(read_image(identity, "photo"))
+    try:
+        for index, frame in enumerate(open_video(media("pyfeat_single_face.mp4"))):
+            output = pipeline.render_pose(pipeline.pose(pipeline.track(frame.image, frame.timestamp), 1 / 30))
+            if index % 12 == 6:
+                embedding = face_embedding(output)
+                to_identity = np.linalg.norm(embedding - reference)
+                to_driver = np.linalg.norm(embedding - face_embedding(frame.image))
+                assert to_identity < 0.6 and to_identity < to_driver, (index, to_identity, to_driver)
+    finally:
+        pipeline.close()
