@@ -47,9 +47,9 @@ class PhotoLayers:
 
     framing: Framing
     photo: np.ndarray  # (H, W, 3) uint8 the framed photo
-    layer: np.ndarray  # (H, W) float32 in [0, 1]: the part drawn moving with the head
-    motion: np.ndarray  # (H, W) float32 in [0, 1]: how much each pixel turns with the head
-    plate: np.ndarray  # (H, W, 3) uint8: the photo with the moving part filled from the background
+    layer: np.ndarray  # (H, W) float32 in [0, 1]: the person, drawn over the plate (moving where ``motion`` says)
+    motion: np.ndarray  # (H, W) float32 in [0, 1]: how much each pixel moves with the head
+    plate: np.ndarray  # (H, W, 3) uint8: the photo with the person filled from the background around them
     landmarks: np.ndarray  # (478, 2) the photo's landmarks in frame pixels
     inter_ocular: float  # in frame pixels
 
