@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from realtime.assets import (
     _CHUNK,
+    FACE_DETECTOR,
     FACE_LANDMARKER,
     FETCH_HINT,
     ICT_FACEKIT,
@@ -67,6 +68,7 @@ def fetch_all(dest: Path | None = None, mirror: str | Path | None = None, force:
     """
     dest = dest or assets_dir()
     with interrupt_on_sigterm():
+        fetch_pinned_file(FACE_DETECTOR, dest, mirror, force)
         fetch_face_landmarker(dest, mirror, force)
         fresh_source = fetch_ict_facekit(dest, mirror, force)
         convert_ict_model(dest, force=force or fresh_source)
@@ -76,7 +78,14 @@ def fetch_face_landmarker(
     dest: Path, mirror: str | Path | None = None, force: bool = False, timeout: float = DOWNLOAD_TIMEOUT_S
 ) -> Path:
     """Download ``face_landmarker.task`` into ``dest`` (checked by size and sha256) and return its path."""
-    spec = FACE_LANDMARKER
+    return fetch_pinned_file(FACE_LANDMARKER, dest, mirror, force, timeout)
+
+
+def fetch_pinned_file(
+    spec: AssetSpec, dest: Path, mirror: str | Path | None = None, force: bool = False,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+) -> Path:
+    """Download the one file of ``spec`` into ``dest`` (checked by size and sha256) and return its path."""
     final = dest / spec.name
     if not force and final.is_file():
         if final.stat().st_size == spec.size and sha256_file(final) == spec.sha256:

@@ -43,6 +43,7 @@ from realtime.io.images import read_image
 from realtime.paths import PROJECT_ROOT, cache_dir
 from realtime.rendering.photo_texture import bake_photo, face_region_mask
 from realtime.rendering.renderer import AvatarMesh, AvatarRenderer, RenderOptions, create_context
+from realtime.tracking.faces import find_identity_face
 from realtime.tracking.filtering import OneEuroParameters, PoseFilter, head_filter_parameters
 from realtime.tracking.head_pose import head_rotation
 from realtime.tracking.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
@@ -66,6 +67,7 @@ class DecaOptions:
     background: tuple[float, float, float] = (0.086, 0.094, 0.114)
     ease_seconds: float = 0.4
     smoothing: float = 1.0  # strength of the temporal filter on the codes and head pose (see RetargetOptions)
+    face: int | None = None  # which face of the identity photo (1 is the leftmost); None: the largest
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,13 +191,13 @@ def fit_photo(model: DecaModel, photo: np.ndarray, face: FaceObservation) -> tup
     return code, identity, projection
 
 
-def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Context) -> DecaIdentity:
-    """DECA's codes for the photo, its FLAME head, and its texture baked from the full-resolution photo."""
+def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Context,
+                          choice: int | None = None) -> DecaIdentity:
+    """DECA's codes for the photo, its FLAME head, and its texture baked from the full-resolution photo.
+
+    ``choice``: which face of the photo (1 is the leftmost); None: the largest (`realtime.tracking.faces`)."""
     photo = read_image(photo_path, "identity photo")
-    with FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.IMAGE, max_faces=8)) as tracker:
-        face = tracker.track(photo)
-    if face is None:
-        raise UserError(f"no face found in {photo_path}: use a photo with one clearly visible, roughly frontal face")
+    face = find_identity_face(photo, photo_path, choice)
     code, identity, projection = fit_photo(model, photo, face)
     posed = flame_vertices(model.flame, identity, code["exp"], full_pose(code["pose"][:3], code["pose"][3:6]))
     template = model.template
@@ -279,7 +281,7 @@ class DecaPipeline:
             raise UserError(f"unknown style {options.style!r}: use --style textured or --style shape")
         model = DecaModel.load(options.deca_data, options.backend)
         ctx = ctx or create_context()
-        identity = prepare_deca_identity(model, options.identity, ctx)
+        identity = prepare_deca_identity(model, options.identity, ctx, options.face)
         tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
         return cls(ctx, model, identity, tracker, options)
 
