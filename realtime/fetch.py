@@ -68,10 +68,10 @@ def fetch_all(dest: Path | None = None, mirror: str | Path | None = None, force:
     """
     dest = dest or assets_dir()
     with interrupt_on_sigterm():
-        fetch_pinned_file(FACE_DETECTOR, dest, mirror, force)
         fetch_face_landmarker(dest, mirror, force)
         fresh_source = fetch_ict_facekit(dest, mirror, force)
         convert_ict_model(dest, force=force or fresh_source)
+        fetch_pinned_file(FACE_DETECTOR, dest, mirror, force)
 
 
 def fetch_face_landmarker(

@@ -40,13 +40,15 @@ def isolated_settings(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def assets() -> Path:
-    """The assets folder with the face landmarker and the converted ICT model, fetched from the mirror if needed."""
-    from realtime.assets import ICT_MODEL_NAME
+    """The assets folder with the face detector and landmarker and the converted ICT model, fetched from the mirror if
+    needed."""
+    from realtime.assets import FACE_DETECTOR, ICT_MODEL_NAME
     from realtime.fetch import fetch_all
     from realtime.paths import assets_dir
 
     folder = assets_dir()
-    if not (folder / ICT_MODEL_NAME).is_file() or not (folder / "face_landmarker.task").is_file():
+    needed = (ICT_MODEL_NAME, "face_landmarker.task", FACE_DETECTOR.name)
+    if not all((folder / name).is_file() for name in needed):
         if not SHARED_ASSETS.is_dir():
             pytest.skip("assets are not fetched and the shared mirror is absent: run tools/fetch_assets.py")
         logging.getLogger(__name__).info("fetching assets from %s", SHARED_ASSETS)

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 
 from realtime.errors import UserError
+from realtime.io.clips import next_free_path
 from realtime.io.images import read_image
 from realtime.tracking.faces import MIN_EYE_DISTANCE, describe_face, draw_faces, find_faces
 
@@ -27,7 +28,10 @@ def list_faces(photo_path: Path, folder: Path | None = None) -> str:
                         f"{MIN_EYE_DISTANCE:.0f} pixels between the eyes)")
     usable = [face for face in faces if face.eye_distance >= MIN_EYE_DISTANCE]
     default = max(usable, key=lambda face: face.eye_distance) if usable else None
-    out = _free_name(Path.cwd() if folder is None else Path(folder), f"{photo_path.stem}-faces", ".jpg")
+    folder = Path.cwd() if folder is None else Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"folder {folder} does not exist: run from a folder you can write to")
+    out = next_free_path(folder / f"{photo_path.stem}-faces.jpg")
     _write_jpeg(out, draw_faces(photo, faces, default))
 
     count = f"1 face in {photo_path}" if len(faces) == 1 else f"{len(faces)} faces in {photo_path}"
@@ -41,16 +45,6 @@ def list_faces(photo_path: Path, folder: Path | None = None) -> str:
         lines.append(f"  {number}: {describe_face(face)}{note}")
     lines.append(f"wrote {out}")
     return "\n".join(lines)
-
-
-def _free_name(folder: Path, stem: str, suffix: str) -> Path:
-    if not folder.is_dir():
-        raise UserError(f"folder {folder} does not exist: run from a folder you can write to")
-    path, number = folder / f"{stem}{suffix}", 0
-    while path.exists():
-        number += 1
-        path = folder / f"{stem}-{number}{suffix}"
-    return path
 
 
 def _write_jpeg(path: Path, rgb) -> None:

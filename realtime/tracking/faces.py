@@ -11,8 +11,9 @@ adds the close-ups that the full-range detector misses.
 
 Each face the detector found is then landmarked on a crop around it at the resolution the landmarker expects: the
 photo's own pixels for a large face, upsampled for a small one. That also confirms it: what the landmarker does not see
-as a face is dropped. The landmarks come back in full-photo pixels, as `FaceTracker.track` gives them on a whole photo.
-Faces are numbered from left to right (`--face N`, `--list-faces`).
+as a face, or sees with its eyes elsewhere than the detector's, is dropped. The landmarks come back in full-photo
+pixels, as `FaceTracker.track` gives them on a whole photo. Faces are numbered from left to right (`--face N`,
+`--list-faces`).
 """
 
 import dataclasses
@@ -41,6 +42,7 @@ MAX_LANDMARKER_FACES = 8  # faces of the landmarker's own whole-photo pass
 CROP_CONTEXT = 3.0  # a face's crop is this many times the detector's box: the landmarker wants it large but whole
 CROP_FACE_PIXELS = 192  # a smaller face is upsampled so that its box is this many pixels in the crop
 CROP_MAX_SIDE = 1024  # a larger crop is reduced (the landmarker works at 256 pixels anyway)
+MAX_EYES_APART = 0.5  # detector's and landmarker's eyes (of the eye distance): faces 0.03 to 0.32, false ones 0.67 up
 
 MIN_EYE_DISTANCE = 10.0  # pixels between the eyes: a smaller face is refused
 SOFT_EYE_DISTANCE = 24.0  # below: a warning that the avatar's texture is upsampled from few pixels
@@ -207,8 +209,13 @@ class FaceFinder:
             landmarks[:, 2] /= sx
             face = FoundFace(dataclasses.replace(observation, landmarks=landmarks))
             distance = float(np.linalg.norm(face.center - center))
-            # the face the detector saw: about where and as large as its box (not a neighbour in the crop)
-            if distance < 0.5 * side and 0.5 < face.width / side < 2.0 and distance < best_distance:
+            # the face the detector saw: about where and as large as its box (not a neighbour in the crop), with
+            # its eyes where the detector put them (a letter or a pattern enlarged can look like a face to either
+            # alone, not to both alike: their eyes then disagree by most of the eye distance)
+            eyes = landmarks[[RIGHT_IRIS, LEFT_IRIS], :2]
+            eyes_apart = float(np.linalg.norm(detection.eyes - eyes, axis=1).mean() / max(face.eye_distance, 1e-6))
+            if (distance < 0.5 * side and 0.5 < face.width / side < 2.0 and eyes_apart < MAX_EYES_APART
+                    and distance < best_distance):
                 best, best_distance = face.observation, distance
         return best
 
