@@ -45,7 +45,7 @@ CROP_MAX_SIDE = 1024  # a larger crop is reduced (the landmarker works at 256 pi
 MAX_EYES_APART = 0.5  # detector's and landmarker's eyes (of the eye distance): faces 0.03 to 0.32, false ones 0.67 up
 
 MIN_EYE_DISTANCE = 10.0  # pixels between the eyes: a smaller face is refused
-SOFT_EYE_DISTANCE = 24.0  # below: a warning that the avatar's texture is upsampled from few pixels
+SOFT_EYE_DISTANCE = 30.0  # below: a warning that the avatar's texture is upsampled from few pixels
 RIGHT_IRIS, LEFT_IRIS = 468, 473  # iris centres among the 478 landmarks
 
 
