@@ -82,7 +82,7 @@ def build_parser(config_path: Path | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--identity", type=Path, action="append", metavar="PHOTO|FOLDER",
-                        help="photo of the face to animate (JPEG/PNG, one roughly frontal face); give it several "
+                        help="photo of the face to animate (JPEG/PNG; the largest face, or --face N); give it several "
                              f"times or name a folder of photos for up to {MAX_IDENTITIES} identities, switched "
                              "live with the number keys")
     parser.add_argument("--face", type=parse_face, metavar="N",
