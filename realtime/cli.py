@@ -213,10 +213,10 @@ def build_pipeline(args: argparse.Namespace, ctx=None):  # -> RetargetPipeline |
         if more:
             raise UserError(f"--deca-data animates one identity, {len(args.identity)} were given: name one photo "
                             "(switching identities works on the default path)")
-        return DecaPipeline.create(DecaOptions(identity=first, deca_data=args.deca_data, size=args.size,
+        return DecaPipeline.create(DecaOptions(identity=first, face=args.face, deca_data=args.deca_data, size=args.size,
                                                style=args.style, detail=not args.no_detail, backend=args.backend,
                                                head_pose=args.head_pose, background=color,
-                                               smoothing=args.smoothing, face=args.face), ctx)
+                                               smoothing=args.smoothing), ctx)
     from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
     from realtime.ict.retarget import RetargetOptions
     from realtime.rendering.renderer import RenderOptions

@@ -27,7 +27,6 @@ from realtime.assets import (
     ICT_FACEKIT_DIR,
     ICT_MODEL_NAME,
     ICT_STAMP,
-    face_detector_path,
     face_landmarker_path,
     ict_model_path,
     sha256_file,
@@ -149,8 +148,8 @@ def fetched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("fetched") / "assets"
     with _serve(mirror) as url:
         fetch_face_landmarker(dest, url)
-        fetch_pinned_file(FACE_DETECTOR, dest, url)
         assert fetch_ict_facekit(dest, url) is True
+        fetch_pinned_file(FACE_DETECTOR, dest, url)
     return dest
 
 
@@ -165,7 +164,7 @@ def test_http_mirror_fetch_verifies_every_file(fetched: Path) -> None:
     task = face_landmarker_path(fetched)
     assert task.stat().st_size == FACE_LANDMARKER.size
     assert sha256_file(task) == FACE_LANDMARKER.sha256
-    detector = face_detector_path(fetched)
+    detector = fetched / FACE_DETECTOR.name
     assert detector.stat().st_size == FACE_DETECTOR.size and sha256_file(detector) == FACE_DETECTOR.sha256
 
     ict = fetched / ICT_FACEKIT_DIR
@@ -204,7 +203,7 @@ def test_tool_fetches_from_a_mirror_directory(converted: Path, tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert sha256_file(face_landmarker_path(dest)) == FACE_LANDMARKER.sha256
     assert "already present and verified" in result.stdout
-    assert sha256_file(face_detector_path(dest)) == FACE_DETECTOR.sha256
+    assert sha256_file(dest / FACE_DETECTOR.name) == FACE_DETECTOR.sha256
     assert _leftovers(dest) == sorted([FACE_DETECTOR.name, FACE_LANDMARKER.name, ICT_FACEKIT_DIR, ICT_MODEL_NAME])
 
 
@@ -380,6 +379,8 @@ def test_a_truncated_detector_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_missing_or_damaged_detector_says_what_to_run_and_is_fetched_again(tmp_path: Path) -> None:
+    from realtime.assets import face_detector_path
+
     dest = tmp_path / "assets"
     dest.mkdir()
     with pytest.raises(UserError, match="face detector missing.*python tools/fetch_assets.py"):

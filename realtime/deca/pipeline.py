@@ -59,6 +59,7 @@ ATLAS_SIZE = (1024, 1024)  # the identity texture, from the full-resolution phot
 class DecaOptions:
     identity: Path
     deca_data: Path
+    face: int | None = None  # which face of the identity photo (1 is the leftmost); None: the largest
     size: tuple[int, int] = (640, 480)
     style: str = "textured"  # "textured" (photo texture, the identity's SH light) or "shape" (DECA's grey look)
     backend: str = "auto"  # DECA's networks: compiled engines when valid ones exist, else torch (see DecaModel.load)
@@ -67,7 +68,6 @@ class DecaOptions:
     background: tuple[float, float, float] = (0.086, 0.094, 0.114)
     ease_seconds: float = 0.4
     smoothing: float = 1.0  # strength of the temporal filter on the codes and head pose (see RetargetOptions)
-    face: int | None = None  # which face of the identity photo (1 is the leftmost); None: the largest
 
 
 @dataclass(frozen=True, eq=False)
