@@ -234,4 +234,3 @@ def test_flame_eyes_follow_the_drivers_gaze(image_tracker) -> None:
     for rotation in (eyes[:3], eyes[3:]):
         gaze = rotation_exp(rotation) @ np.array([0.0, 0.0, 1.0])
         assert gaze[0] > 0.4 and gaze[1] > 0.3, "both eyes look to the subject's left and up"
-
