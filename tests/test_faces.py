@@ -159,6 +159,8 @@ def test_what_cannot_be_used_is_refused_in_one_line(finder) -> None:
         choose_face(faces, GROUP, 9)
     with pytest.raises(UserError, match="no face found in nothing.jpg"):
         choose_face([], "nothing.jpg")
+    with pytest.raises(UserError, match=r"--face 2: one.jpg shows 1 face: leave --face out \(or give --face 1\)"):
+        choose_face(faces[:1], "one.jpg", 2)
 
 
 def test_iris_colour_is_sampled_around_the_irises_only(finder) -> None:

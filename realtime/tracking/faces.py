@@ -26,7 +26,13 @@ import cv2
 import numpy as np
 
 from realtime.errors import UserError
-from realtime.tracking.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
+from realtime.tracking.tracker import (
+    FaceObservation,
+    FaceTracker,
+    FaceTrackerOptions,
+    RunningMode,
+    native_stderr_silenced,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +113,6 @@ class FaceFinder:
         from mediapipe.tasks.python import BaseOptions, vision
 
         from realtime import assets
-        from realtime.tracking.tracker import native_stderr_silenced
 
         model_path = assets.face_detector_path()
         options = vision.FaceDetectorOptions(
@@ -134,6 +139,11 @@ class FaceFinder:
 
     def find(self, rgb: np.ndarray) -> list[FoundFace]:
         """Every face in ``rgb`` (H, W, 3) uint8, numbered from left to right (index 0 is face 1)."""
+        # LiteRT warns on stderr, now and then, that it copies an input it finds misaligned: nothing for the user
+        with native_stderr_silenced(not log.isEnabledFor(logging.DEBUG)):
+            return self._find(rgb)
+
+    def _find(self, rgb: np.ndarray) -> list[FoundFace]:
         faces = [FoundFace(observation) for observation in self._tracker.track_all(rgb)]
         detections = self.detect(rgb)
         checked = 0
@@ -220,8 +230,6 @@ class FaceFinder:
         return best
 
     def close(self) -> None:
-        from realtime.tracking.tracker import native_stderr_silenced
-
         with native_stderr_silenced(not log.isEnabledFor(logging.DEBUG)):  # LiteRT says goodbye on stderr
             self._detector.close()
         self._tracker.close()
@@ -249,8 +257,10 @@ def choose_face(faces: list[FoundFace], name: str | Path, choice: int | None = N
                         f"{MIN_EYE_DISTANCE:.0f} pixels between the eyes")
     count = len(faces)
     if choice is not None:
+        if not 1 <= choice <= count and count == 1:
+            raise UserError(f"--face {choice}: {name} shows 1 face: leave --face out (or give --face 1)")
         if not 1 <= choice <= count:
-            raise UserError(f"--face {choice}: {name} shows {_faces(count)}, numbered 1 to {count} from left to "
+            raise UserError(f"--face {choice}: {name} shows {count} faces, numbered 1 to {count} from left to "
                             f"right: choose one of those (`--list-faces {name}` draws the numbers)")
         chosen = faces[choice - 1]
         if chosen.eye_distance < MIN_EYE_DISTANCE:
@@ -310,7 +320,7 @@ def draw_faces(rgb: np.ndarray, faces: list[FoundFace], chosen: FoundFace | None
 
 def describe_face(face: FoundFace) -> str:
     x0, y0, x1, y1 = (round(v) for v in face.box)
-    return f"{_size(face)}, at x {x0}-{x1}, y {y0}-{y1}"
+    return f"{_size(face)}, box ({x0}, {y0})-({x1}, {y1})"
 
 
 # --- internals -----------------------------------------------------------------------------------------------------
@@ -364,10 +374,6 @@ def _padded_region(rgb: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.nd
     if inner.size == 0:
         return np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
     return cv2.copyMakeBorder(inner, *pad, cv2.BORDER_REPLICATE)
-
-
-def _faces(count: int) -> str:
-    return "1 face" if count == 1 else f"{count} faces"
 
 
 def _size(face: FoundFace) -> str:
