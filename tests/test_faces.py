@@ -32,6 +32,8 @@ def make(name: str, folder: Path) -> pictures.Picture:
     if name.startswith("small"):  # a portrait far away in a large scene: 24, 32, 40 pixels between the eyes
         eyes = int(name[len("small"):])
         return pictures.pasted("pyfeat_single_face.jpg", out, (1920, 1280), eyes, (1300, 500))
+    if name == "far24-4000x3000":  # the same in a 4000x3000 photo: 12 pixels between the eyes as the app reads it
+        return pictures.pasted("pyfeat_single_face.jpg", out, (4000, 3000), 24, (2600, 1200))
     if name == "edge-left":  # the left side of the face cut off by the picture's edge
         return pictures.pasted("pyfeat_0-f15-hao-ph.jpg", out, (1600, 1200), 40, (25, 600))
     if name == "edge-corner":  # the lower half cut off, in the corner
@@ -47,8 +49,8 @@ def make(name: str, folder: Path) -> pictures.Picture:
     raise ValueError(name)
 
 
-HARD = ["small24", "small32", "small40", "edge-left", "edge-corner", "edge-top", "exif6", "exif3", "exif8", "grey",
-        "sepia", "big-bw-three-quarter"]
+HARD = ["small24", "small32", "small40", "far24-4000x3000", "edge-left", "edge-corner", "edge-top", "exif6", "exif3",
+        "exif8", "grey", "sepia", "big-bw-three-quarter"]
 
 
 @pytest.fixture(scope="module")
