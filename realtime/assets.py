@@ -33,6 +33,17 @@ class AssetSpec:
     mirror_path: str
 
 
+# BlazeFace full range: finds the faces in identity photos at any size and position (the landmarker's own detector
+# is short-range: faces large in the frame); `realtime.tracking.faces` runs it.
+FACE_DETECTOR = AssetSpec(
+    name="face_detection_full_range_sparse.tflite",
+    url="https://storage.googleapis.com/mediapipe-assets/face_detection_full_range_sparse.tflite"
+    "?generation=1674261618323821",
+    sha256="2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    size=676_746,
+    mirror_path="mediapipe/face_detection_full_range_sparse.tflite",
+)
+
 FACE_LANDMARKER = AssetSpec(
     name="face_landmarker.task",
     url="https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task",
@@ -90,6 +101,16 @@ def ict_model_path(assets: Path | None = None) -> Path:
     path = (assets or assets_dir()) / ICT_MODEL_NAME
     if not path.is_file():
         raise UserError(f"ICT-FaceKit head model missing: {path}; {FETCH_HINT}")
+    return path
+
+
+def face_detector_path(assets: Path | None = None) -> Path:
+    """The full-range face detector (BlazeFace), or a UserError telling how to fetch it."""
+    path = (assets or assets_dir()) / FACE_DETECTOR.name
+    if not path.is_file():
+        raise UserError(f"MediaPipe face detector missing: {path}; {FETCH_HINT}")
+    if path.stat().st_size != FACE_DETECTOR.size:
+        raise UserError(f"MediaPipe face detector {path} is damaged (wrong size); {FETCH_HINT} --force")
     return path
 
 

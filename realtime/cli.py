@@ -20,6 +20,7 @@ from realtime.config import (
     default_config_path,
     load_config,
     parse_color,
+    parse_face,
     parse_fps,
     parse_size,
     parse_smoothing,
@@ -59,6 +60,8 @@ examples:
   realtime-retarget --identity photo.jpg --source 1 --size 1280x720 --write-config
                                                          save these settings; later runs start from them
   realtime-retarget --config work.toml                   use another settings file
+  realtime-retarget --identity group.jpg --face 2        the second face from the left in a photo of several
+  realtime-retarget --list-faces group.jpg               draw the numbered faces of a photo into group-faces.jpg
   realtime-retarget --list-cameras
   realtime-retarget --doctor                             what is missing on this machine, and how to fix it
 (python run.py works the same as realtime-retarget)
@@ -66,6 +69,7 @@ examples:
 settings file (TOML; the command line overrides it): %(config)s
   keys: identity, source, size, fps, look, background, style, smoothing, virtual_camera, mirror, head_pose,
   hold_when_lost, deca_data
+  and face (a number: which face of a photo of several, as --face)
 
 keys in the preview window: q/Esc quit, r start/stop recording, n take the current face as neutral,
 1-9 switch identity, space pause, h help
@@ -80,9 +84,15 @@ def build_parser(config_path: Path | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--identity", type=Path, action="append", metavar="PHOTO|FOLDER",
-                        help="photo of the face to animate (JPEG/PNG, one roughly frontal face); give it several "
+                        help="photo of the face to animate (JPEG/PNG; the largest face, or --face N); give it several "
                              f"times or name a folder of photos for up to {MAX_IDENTITIES} identities, switched "
                              "live with the number keys")
+    parser.add_argument("--face", type=parse_face, metavar="N",
+                        help="which face of the identity photo to use, numbered from 1 left to right (default: the "
+                             "largest; --list-faces PHOTO draws the numbers); with several photos, face N of each")
+    parser.add_argument("--list-faces", type=Path, metavar="PHOTO",
+                        help="find the faces in PHOTO, write a copy with their numbered boxes (PHOTO-faces.jpg in "
+                             "the current folder), print where, and exit")
     parser.add_argument("--source", default="0", metavar="CAMERA|CLIP|URL",
                         help="webcam index (default 0), a video file, or a stream URL that drives the avatar")
     parser.add_argument("--record", type=Path, metavar="OUT.mp4",
@@ -208,7 +218,7 @@ def build_pipeline(args: argparse.Namespace, ctx=None):  # -> RetargetPipeline |
         if more:
             raise UserError(f"--deca-data animates one identity, {len(args.identity)} were given: name one photo "
                             "(switching identities works on the default path)")
-        return DecaPipeline.create(DecaOptions(identity=first, deca_data=args.deca_data, size=args.size,
+        return DecaPipeline.create(DecaOptions(identity=first, face=args.face, deca_data=args.deca_data, size=args.size,
                                                style=args.style, detail=not args.no_detail, backend=args.backend,
                                                head_pose=args.head_pose, background=color,
                                                smoothing=args.smoothing, look=args.look), ctx)
@@ -219,6 +229,7 @@ def build_pipeline(args: argparse.Namespace, ctx=None):  # -> RetargetPipeline |
     options = PipelineOptions(
         identity=first,
         more_identities=tuple(more),
+        face=args.face,
         render=RenderOptions(size=args.size, **({"background": color} if color else {})),
         retarget=RetargetOptions(head_pose=args.head_pose, mirrored=args.mirror, hold_when_lost=args.hold_when_lost,
                                  smoothing=args.smoothing),
@@ -323,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
             from realtime.io.capture import list_cameras
 
             print("\n".join(list_cameras()) or "no camera devices found")
+            return 0
+        if args.list_faces is not None:
+            from realtime.io.face_list import list_faces
+
+            print(list_faces(args.list_faces))
             return 0
         if not args.identity:
             raise UserError("which face? pass --identity PHOTO (a JPEG or PNG of one face), or set identity in "

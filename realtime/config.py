@@ -11,6 +11,7 @@
     virtual_camera = true
     mirror = false
     head_pose = true
+    face = 2                                   # in a photo of several people, the second face from the left
 
 Precedence: the built-in defaults, then this file, then the command line. Relative paths in the file are relative to
 the file's folder. An unknown key or a bad value is a one-line error naming the key and the file.
@@ -59,6 +60,17 @@ def parse_smoothing(text: str) -> float:
     if not 0 <= strength <= 10:
         raise argparse.ArgumentTypeError(f"{text!r} is not a filter strength from 0 (off) to 10 (1 is the default)")
     return strength
+
+
+def parse_face(text: str) -> int:
+    """A face number: 1 is the leftmost face of the identity photo (`--list-faces` draws the numbers)."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 99:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a face number from 1 (the leftmost face) to 99")
+    return number
 
 
 def parse_color(text: str) -> tuple[float, float, float] | None:
@@ -153,6 +165,15 @@ def _style(value: Any, folder: Path) -> str:
     return value
 
 
+def _face(value: Any, folder: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError
+    try:
+        return parse_face(str(value))
+    except argparse.ArgumentTypeError as err:
+        raise ValueError from err
+
+
 def _absolute(path: Path | str) -> str:
     return str(Path(path).expanduser().resolve())
 
@@ -174,6 +195,7 @@ SETTINGS: dict[str, Setting] = {
     "head_pose": Setting("head_pose", _bool, "true or false"),
     "hold_when_lost": Setting("hold_when_lost", _bool, "true or false"),
     "deca_data": Setting("deca_data", _path, "the path of your DECA data/ folder", _absolute),
+    "face": Setting("face", _face, "a face number from 1 (the leftmost face; --list-faces PHOTO draws them)"),
 }
 
 

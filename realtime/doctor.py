@@ -34,7 +34,7 @@ def check(name: str, probe: Callable[[], str]) -> Check:
 def probe_assets() -> str:
     from realtime import assets
 
-    return f"{assets.face_landmarker_path()} and {assets.ict_model_path()}"
+    return f"{assets.face_landmarker_path()}, {assets.face_detector_path()} and {assets.ict_model_path()}"
 
 
 def probe_gl() -> str:

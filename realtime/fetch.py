@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from realtime.assets import (
     _CHUNK,
+    FACE_DETECTOR,
     FACE_LANDMARKER,
     FETCH_HINT,
     ICT_FACEKIT,
@@ -72,6 +73,7 @@ def fetch_all(dest: Path | None = None, mirror: str | Path | None = None, force:
         fetch_pinned_file(SELFIE_SEGMENTER, dest, mirror, force)
         fresh_source = fetch_ict_facekit(dest, mirror, force)
         convert_ict_model(dest, force=force or fresh_source)
+        fetch_pinned_file(FACE_DETECTOR, dest, mirror, force)
 
 
 def fetch_face_landmarker(

@@ -40,13 +40,14 @@ def isolated_settings(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def assets() -> Path:
-    """The assets folder with the face landmarker and the converted ICT model, fetched from the mirror if needed."""
-    from realtime.assets import ICT_MODEL_NAME
+    """The assets folder with the face detector and landmarker and the converted ICT model, fetched from the mirror if
+    needed."""
+    from realtime.assets import FACE_DETECTOR, ICT_MODEL_NAME
     from realtime.fetch import fetch_all
     from realtime.paths import assets_dir
 
     folder = assets_dir()
-    needed = (ICT_MODEL_NAME, "face_landmarker.task", "selfie_segmentation.tflite")
+    needed = (ICT_MODEL_NAME, "face_landmarker.task", "selfie_segmentation.tflite", FACE_DETECTOR.name)
     if not all((folder / name).is_file() for name in needed):
         if not SHARED_ASSETS.is_dir():
             pytest.skip("assets are not fetched and the shared mirror is absent: run tools/fetch_assets.py")

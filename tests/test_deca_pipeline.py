@@ -163,6 +163,32 @@ def test_networks_or_an_embedding_are_needed(deca_folder, tmp_path) -> None:
         DecaData.open(tmp_path)
 
 
+def test_deca_finds_and_chooses_the_face_as_the_default_path_does(deca_folder, flame_only_folder, gl_context,
+                                                                  tmp_path) -> None:
+    """One face search for both heads (`realtime.tracking.faces`): a small far-away face, --face N, --face 9."""
+    import realtime.deca.pipeline as deca_pipeline
+    from realtime.deca.pipeline import DecaModel, DecaOptions, DecaPipeline, prepare_deca_identity
+    from realtime.tracking import faces
+    from tests.face_pictures import pasted
+
+    assert deca_pipeline.find_identity_face is faces.find_identity_face
+    small = pasted("pyfeat_single_face.jpg", tmp_path / "far.jpg", (1920, 1280), 24, (1300, 500)).path
+    pipeline = DecaPipeline.create(DecaOptions(identity=small, deca_data=deca_folder, style="shape"), gl_context)
+    try:
+        image = pipeline.render_pose(pipeline.neutral_pose())
+        background = np.round(np.array(pipeline.options.background) * 255)
+        assert (np.abs(image.astype(int) - background) > 3).any(axis=2).mean() > 0.05
+    finally:
+        pipeline.close()
+
+    model = DecaModel.load(flame_only_folder, "torch")
+    group = media("pyfeat_multi_face.jpg")
+    with pytest.raises(UserError, match=r"--face 9: .* shows 5 faces, numbered 1 to 5 from left to right"):
+        prepare_deca_identity(model, group, gl_context, 9)
+    first, last = (prepare_deca_identity(model, group, gl_context, face) for face in (1, 5))
+    assert np.abs(first.albedo.astype(int) - last.albedo.astype(int)).max() > 40  # baked from two people
+
+
 def test_live_deca_tracks_on_a_worker_thread(deca_folder, gl_context) -> None:
     """The DECA path live: tracking and posing on the worker thread, drawing here; frames flow, nothing is left."""
     import threading

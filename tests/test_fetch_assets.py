@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from realtime.assets import (
+    FACE_DETECTOR,
     FACE_LANDMARKER,
     ICT_FACEKIT,
     ICT_FACEKIT_COMMIT,
@@ -150,6 +151,7 @@ def fetched(tmp_path_factory: pytest.TempPathFactory) -> Path:
         fetch_face_landmarker(dest, url)
         fetch_pinned_file(SELFIE_SEGMENTER, dest, url)
         assert fetch_ict_facekit(dest, url) is True
+        fetch_pinned_file(FACE_DETECTOR, dest, url)
     return dest
 
 
@@ -164,6 +166,8 @@ def test_http_mirror_fetch_verifies_every_file(fetched: Path) -> None:
     task = face_landmarker_path(fetched)
     assert task.stat().st_size == FACE_LANDMARKER.size
     assert sha256_file(task) == FACE_LANDMARKER.sha256
+    detector = fetched / FACE_DETECTOR.name
+    assert detector.stat().st_size == FACE_DETECTOR.size and sha256_file(detector) == FACE_DETECTOR.sha256
 
     ict = fetched / ICT_FACEKIT_DIR
     expected = ict_facekit_expected_files()
@@ -202,7 +206,9 @@ def test_tool_fetches_from_a_mirror_directory(converted: Path, tmp_path: Path) -
     assert sha256_file(face_landmarker_path(dest)) == FACE_LANDMARKER.sha256
     assert "already present and verified" in result.stdout
     assert sha256_file(dest / SELFIE_SEGMENTER.name) == SELFIE_SEGMENTER.sha256
-    assert _leftovers(dest) == sorted([FACE_LANDMARKER.name, ICT_FACEKIT_DIR, ICT_MODEL_NAME, SELFIE_SEGMENTER.name])
+    assert sha256_file(dest / FACE_DETECTOR.name) == FACE_DETECTOR.sha256
+    assert _leftovers(dest) == sorted([FACE_DETECTOR.name, FACE_LANDMARKER.name, ICT_FACEKIT_DIR, ICT_MODEL_NAME,
+                                       SELFIE_SEGMENTER.name])
 
 
 # --- failures leave nothing behind ---------------------------------------------------------------------------------
@@ -343,6 +349,51 @@ def test_missing_assets_tell_the_user_what_to_run(tmp_path: Path) -> None:
         face_landmarker_path(tmp_path)
     with pytest.raises(UserError, match="missing.*python tools/fetch_assets.py"):
         ict_model_path(tmp_path)
+
+
+# --- the face detector, fetched and checked like the landmarker ----------------------------------------------------
+
+
+def _mirror_with_detector(root: Path, data: bytes | None = None) -> Path:
+    target = root / FACE_DETECTOR.mirror_path
+    target.parent.mkdir(parents=True)
+    real = (_require_shared_assets() / FACE_DETECTOR.mirror_path).read_bytes()
+    target.write_bytes(real if data is None else data)
+    return root
+
+
+def test_a_corrupted_detector_fails_its_checksum(tmp_path: Path) -> None:
+    data = bytearray((_require_shared_assets() / FACE_DETECTOR.mirror_path).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dest = tmp_path / "assets"
+    with _serve(_mirror_with_detector(tmp_path / "mirror", bytes(data))) as url:
+        with pytest.raises(UserError, match="face_detection_full_range_sparse.tflite .*checksum") as err:
+            fetch_pinned_file(FACE_DETECTOR, dest, url)
+    assert FACE_DETECTOR.sha256 in str(err.value) and "\n" not in str(err.value)
+    assert _leftovers(dest) == []
+
+
+def test_a_truncated_detector_is_refused(tmp_path: Path) -> None:
+    data = (_require_shared_assets() / FACE_DETECTOR.mirror_path).read_bytes()
+    dest = tmp_path / "assets"
+    with _serve(_mirror_with_detector(tmp_path / "mirror", data[:50_000])) as url:
+        with pytest.raises(UserError, match=f"50000 bytes, expected {FACE_DETECTOR.size}"):
+            fetch_pinned_file(FACE_DETECTOR, dest, url)
+    assert _leftovers(dest) == []
+
+
+def test_a_missing_or_damaged_detector_says_what_to_run_and_is_fetched_again(tmp_path: Path) -> None:
+    from realtime.assets import face_detector_path
+
+    dest = tmp_path / "assets"
+    dest.mkdir()
+    with pytest.raises(UserError, match="face detector missing.*python tools/fetch_assets.py"):
+        face_detector_path(dest)
+    (dest / FACE_DETECTOR.name).write_bytes(b"not a model")
+    with pytest.raises(UserError, match="damaged.*--force"):
+        face_detector_path(dest)
+    fetch_pinned_file(FACE_DETECTOR, dest, _mirror_with_detector(tmp_path / "mirror"))
+    assert sha256_file(face_detector_path(dest)) == FACE_DETECTOR.sha256
 
 
 # --- tampered and broken archives ----------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from realtime.io.images import read_image
 from realtime.paths import PROJECT_ROOT, cache_dir
 from realtime.rendering.photo_texture import bake_photo, face_region_mask
 from realtime.rendering.renderer import AvatarMesh, AvatarRenderer, RenderOptions, create_context
+from realtime.tracking.faces import find_identity_face
 from realtime.tracking.filtering import OneEuroParameters, PoseFilter, head_filter_parameters
 from realtime.tracking.head_pose import HeadMotion, head_rotation
 from realtime.tracking.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
@@ -67,6 +68,7 @@ ATLAS_SIZE = (1024, 1024)  # the identity texture, from the full-resolution phot
 class DecaOptions:
     identity: Path
     deca_data: Path
+    face: int | None = None  # which face of the identity photo (1 is the leftmost); None: the largest
     size: tuple[int, int] = (640, 480)
     style: str = "textured"  # "textured" (photo texture, the identity's SH light) or "shape" (DECA's grey look)
     backend: str = "auto"  # DECA's networks: compiled engines when valid ones exist, else torch (see DecaModel.load)
@@ -204,13 +206,13 @@ def fit_photo(model: DecaModel, photo: np.ndarray,
     return code, identity, projection, rotation
 
 
-def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Context) -> DecaIdentity:
-    """DECA's codes for the photo, its FLAME head, and its texture baked from the full-resolution photo."""
+def prepare_deca_identity(model: DecaModel, photo_path: Path, ctx: moderngl.Context,
+                          choice: int | None = None) -> DecaIdentity:
+    """DECA's codes for the photo, its FLAME head, and its texture baked from the full-resolution photo.
+
+    ``choice``: which face of the photo (1 is the leftmost); None: the largest (`realtime.tracking.faces`)."""
     photo = read_image(photo_path, "identity photo")
-    with FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.IMAGE, max_faces=8)) as tracker:
-        face = tracker.track(photo)
-    if face is None:
-        raise UserError(f"no face found in {photo_path}: use a photo with one clearly visible, roughly frontal face")
+    face = find_identity_face(photo, photo_path, choice)
     code, identity, projection, rotation = fit_photo(model, photo, face)
     pose = full_pose(code["pose"][:3], code["pose"][3:6])
     posed = flame_vertices(model.flame, identity, code["exp"], pose)
@@ -309,7 +311,7 @@ class DecaPipeline:
             raise UserError(f"unknown style {options.style!r}: use --style textured or --style shape")
         model = DecaModel.load(options.deca_data, options.backend)
         ctx = ctx or create_context()
-        identity = prepare_deca_identity(model, options.identity, ctx)
+        identity = prepare_deca_identity(model, options.identity, ctx, options.face)
         tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
         return cls(ctx, model, identity, tracker, options)
 

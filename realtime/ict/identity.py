@@ -30,7 +30,7 @@ from realtime.ict.landmark_map import LandmarkMap
 from realtime.ict.model import IctModel
 from realtime.io.images import read_image
 from realtime.rendering.photo_texture import bake_photo, face_region_mask, fill_atlas, iris_color
-from realtime.tracking.tracker import FaceTracker, FaceTrackerOptions, RunningMode
+from realtime.tracking.faces import find_identity_face
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,10 @@ class Identity:
     photo_view: PhotoView  # how the photo shows the head: what the photo look starts from
 
 
-def cache_key(photo_path: Path, model_path: Path) -> str:
+def cache_key(photo_path: Path, model_path: Path, face: int | None = None) -> str:
     digest = hashlib.sha256()
-    for part in (sha256_file(photo_path), sha256_file(model_path), sha256_file(LANDMARK_MAP_PATH), str(CACHE_VERSION)):
+    for part in (sha256_file(photo_path), sha256_file(model_path), sha256_file(LANDMARK_MAP_PATH), str(CACHE_VERSION),
+                 f"face {face or 'largest'}"):  # --face N: another face of the photo is another identity
         digest.update(part.encode())
     return digest.hexdigest()[:32]
 
@@ -80,33 +81,31 @@ def prepare_identity(
     ctx: moderngl.Context,
     cache_dir: Path | None,
     landmark_map: LandmarkMap | None = None,
+    face: int | None = None,
 ) -> Identity:
-    """The identity in ``photo_path``, from the cache when it was prepared before (``cache_dir=None``: no cache)."""
+    """The identity in ``photo_path``, from the cache when it was prepared before (``cache_dir=None``: no cache).
+
+    ``face``: which face of the photo (1 is the leftmost, see `realtime.tracking.faces`); None: the largest."""
     photo_path = Path(photo_path)
     if not photo_path.is_file():
         raise UserError(f"identity photo {photo_path} not found: check the path")
-    entry = cache_dir / cache_key(photo_path, model_path) if cache_dir is not None else None
+    entry = cache_dir / cache_key(photo_path, model_path, face) if cache_dir is not None else None
     if entry is not None and (entry / "identity.npz").is_file():
         try:
             return load_identity(entry, photo_path.name)
         except (OSError, ValueError, KeyError) as err:
             log.warning("replacing a damaged identity cache entry %s (%s)", entry, err)
             shutil.rmtree(entry, ignore_errors=True)  # else the new entry could not be renamed into its place
-    identity = build_identity(photo_path, model, ctx, landmark_map or LandmarkMap.load())
+    identity = build_identity(photo_path, model, ctx, landmark_map or LandmarkMap.load(), face)
     if entry is not None:
         save_identity(identity, entry)
     return identity
 
 
-def build_identity(photo_path: Path, model: IctModel, ctx: moderngl.Context, landmark_map: LandmarkMap) -> Identity:
+def build_identity(photo_path: Path, model: IctModel, ctx: moderngl.Context, landmark_map: LandmarkMap,
+                   choice: int | None = None) -> Identity:
     photo = read_image(photo_path, "identity photo")
-    options = FaceTrackerOptions(running_mode=RunningMode.IMAGE, max_faces=8)
-    with FaceTracker.create_from_options(options) as tracker:
-        face = tracker.track(photo)
-    if face is None:
-        raise UserError(f"no face found in {photo_path}: use a photo with one clearly visible, roughly frontal face")
-    if face.faces_found > 1:
-        log.warning("%s shows %d faces: using the largest", photo_path, face.faces_found)
+    face = find_identity_face(photo, photo_path, choice)
 
     estimate = blendshape_matrix(model.expression_names) @ face.blendshapes
     fit = fit_identity(model, landmark_map, face.landmarks, estimate, FitOptions())

@@ -6,6 +6,7 @@ nearest scaled rotation) and a shape step (bounded linear least squares on ident
 units of the inter-ocular distance so that the priors mean the same for every photo size.
 """
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,15 @@ from realtime.geometry.fitting import (
 from realtime.geometry.normals import VertexNormals
 from realtime.ict.landmark_map import LandmarkMap
 from realtime.ict.model import IctModel
-from realtime.tracking.landmarks import FACE_OVAL, IRIS
+from realtime.tracking.landmarks import FACE_OVAL, IRIS, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+
+log = logging.getLogger(__name__)
+
+# Mean landmark error (of the inter-ocular distance) above which the avatar is visibly unlike the photo: frontal photos
+# fit within 0.03, a head turned 45 degrees about 0.08 to 0.10 (the tracker guesses the hidden half of the face).
+FIT_ERROR_BOUND = 0.05
+TURNED_DEGREES = 25.0  # a head turned (or tilted up or down) this much is the likely reason for a bad fit
+FOREHEAD, CHIN = 10, 152  # landmarks at the top and the bottom of the face's midline
 
 
 @dataclass(frozen=True)
@@ -104,4 +113,43 @@ def fit_identity(
     )
     trusted = visible_weights >= 0.5  # the landmarks the fit relies on: not the outline, facing the camera
     error = np.linalg.norm(fit.project(shape) - pixels, axis=1)[trusted].mean() / iod
-    return IdentityFit(fit.identity, fit.expression, rotation, scale, translation, float(error))
+    fit = IdentityFit(fit.identity, fit.expression, rotation, scale, translation, float(error))
+    if (warning := fit_warning(fit, landmarks)) is not None:
+        log.warning("%s", warning)
+    return fit
+
+
+def fit_warning(fit: IdentityFit, landmarks: np.ndarray) -> str | None:
+    """Why the fit is poor and what photo would do better, when its error is above `FIT_ERROR_BOUND`; else None."""
+    if fit.error <= FIT_ERROR_BOUND:
+        return None
+    yaw, pitch = head_turn(fit, landmarks)
+    if abs(yaw) >= TURNED_DEGREES:
+        why = (f"the head is turned {abs(yaw):.0f} degrees to the side, so the landmarks of its far half are the "
+               "tracker's guesses")
+    elif abs(pitch) >= TURNED_DEGREES:
+        why = (f"the head is tilted {abs(pitch):.0f} degrees {'up' if pitch > 0 else 'down'}, so part of the face "
+               "is hidden and guessed")
+    else:
+        why = ("the landmarks do not fit a face shape well (something in front of the face, a strong grimace, or a "
+               "blurred or very small face)")
+    return (f"the head fits the photo's face with a landmark error of {fit.error:.3f} of the eye distance (above "
+            f"{FIT_ERROR_BOUND}): {why}; the avatar may look unlike the photo: a sharp photo of the face looking "
+            "into the camera, uncovered, fits best")
+
+
+def head_turn(fit: IdentityFit, landmarks: np.ndarray) -> tuple[float, float]:
+    """Degrees the photo's head is turned (yaw) and tilted up (pitch).
+
+    From the tracker's 3D landmarks when they have depth: the line between the outer eye corners, and the forehead to
+    the chin (the fit's rotation underestimates a turned head, whose shape it partly explains by identity); else from
+    the fit's rotation.
+    """
+    landmarks = np.asarray(landmarks, np.float64)
+    if landmarks.shape[1] >= 3 and np.ptp(landmarks[:, 2]) > 0:
+        eyes = landmarks[LEFT_EYE_OUTER] - landmarks[RIGHT_EYE_OUTER]
+        down = landmarks[CHIN] - landmarks[FOREHEAD]
+        return float(np.degrees(np.arctan2(eyes[2], eyes[0]))), float(np.degrees(np.arctan2(-down[2], down[1])))
+    facing = fit.rotation[:, 2]  # where the face looks, in the camera's frame (x right, y up, z towards the camera)
+    return (float(np.degrees(np.arctan2(facing[0], facing[2]))),
+            float(np.degrees(np.arcsin(np.clip(facing[1], -1.0, 1.0)))))

@@ -39,6 +39,7 @@ HEAD_PIVOT = np.array([0.0, -2.0, -1.0], np.float32)  # roughly where the head t
 class PipelineOptions:
     identity: Path  # the identity shown first
     more_identities: tuple[Path, ...] = ()  # prepared at the start too; `RetargetPipeline.select_identity` switches
+    face: int | None = None  # which face of each identity photo (1 is the leftmost); None: the largest
     render: RenderOptions = field(default_factory=RenderOptions)
     retarget: RetargetOptions = field(default_factory=RetargetOptions)
     background_image: Path | None = None
@@ -96,7 +97,8 @@ class RetargetPipeline:
         try:
             for photo in tqdm(photos, desc="Preparing identities", unit="identity", disable=None):
                 identity = prepare_identity(
-                    photo, model, model_path, ctx, cache_dir() / "identities" if options.use_cache else None
+                    photo, model, model_path, ctx, cache_dir() / "identities" if options.use_cache else None,
+                    face=options.face,
                 )
                 avatar = Avatar(model, identity.vertices)
                 if options.look == "photo":

@@ -31,9 +31,13 @@ def iris_color(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     for center, ring in ((IRIS[0], IRIS[1:5]), (IRIS[5], IRIS[6:10])):
         c = landmarks[center, :2]
         radius = np.linalg.norm(landmarks[list(ring), :2] - c, axis=1).mean()
-        ys, xs = np.mgrid[: photo.shape[0], : photo.shape[1]]
+        # only the pixels around the iris: a large photo has millions of others
+        x0, y0 = (max(int(np.floor(v - radius)) - 1, 0) for v in c)
+        x1 = min(max(int(np.ceil(c[0] + radius)) + 2, 0), photo.shape[1])
+        y1 = min(max(int(np.ceil(c[1] + radius)) + 2, 0), photo.shape[0])
+        ys, xs = np.mgrid[y0:y1, x0:x1]
         distance = np.hypot(xs - c[0], ys - c[1])
-        samples.append(photo[(distance > radius * 0.4) & (distance < radius * 0.9)])
+        samples.append(photo[y0:y1, x0:x1][(distance > radius * 0.4) & (distance < radius * 0.9)])
     pixels = np.concatenate(samples).astype(np.float32) / 255
     if len(pixels) < 4:
         return np.array((0.32, 0.22, 0.14), np.float32)

@@ -125,6 +125,13 @@ class FaceTracker:
 
     def track(self, rgb: np.ndarray, timestamp: float = 0.0) -> FaceObservation | None:
         """The largest face in ``rgb`` (H, W, 3 uint8), or None. ``timestamp`` (seconds) matters in VIDEO mode."""
+        faces = self.track_all(rgb, timestamp)
+        if not faces:
+            return None
+        return max(faces, key=lambda face: np.ptp(face.landmarks[:, 0]) * np.ptp(face.landmarks[:, 1]))
+
+    def track_all(self, rgb: np.ndarray, timestamp: float = 0.0) -> list[FaceObservation]:
+        """Every face found in ``rgb`` (at most ``max_faces``), in MediaPipe's order."""
         import mediapipe as mp
 
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
@@ -135,21 +142,19 @@ class FaceTracker:
             result = self._landmarker.detect_for_video(image, timestamp_ms)
         else:
             result = self._landmarker.detect(image)
-        if not result.face_landmarks:
-            return None
         height, width = rgb.shape[:2]
-        faces = [np.array([(p.x * width, p.y * height, p.z * width) for p in face], np.float32)
-                 for face in result.face_landmarks]
-        areas = [np.ptp(f[:, 0]) * np.ptp(f[:, 1]) for f in faces]
-        best = int(np.argmax(areas))
-        scores = np.zeros(len(BLENDSHAPE_NAMES), np.float32)
-        if result.face_blendshapes:
-            for category in result.face_blendshapes[best]:
-                if category.category_name in BLENDSHAPE_NAMES:
-                    scores[BLENDSHAPE_NAMES.index(category.category_name)] = category.score
-        transform = (np.asarray(result.facial_transformation_matrixes[best], np.float32)
-                     if result.facial_transformation_matrixes else np.eye(4, dtype=np.float32))
-        return FaceObservation(landmarks=faces[best], blendshapes=scores, transform=transform, faces_found=len(faces))
+        faces = []
+        for index, points in enumerate(result.face_landmarks):
+            scores = np.zeros(len(BLENDSHAPE_NAMES), np.float32)
+            if result.face_blendshapes:
+                for category in result.face_blendshapes[index]:
+                    if category.category_name in BLENDSHAPE_NAMES:
+                        scores[BLENDSHAPE_NAMES.index(category.category_name)] = category.score
+            transform = (np.asarray(result.facial_transformation_matrixes[index], np.float32)
+                         if result.facial_transformation_matrixes else np.eye(4, dtype=np.float32))
+            landmarks = np.array([(p.x * width, p.y * height, p.z * width) for p in points], np.float32)
+            faces.append(FaceObservation(landmarks, scores, transform, len(result.face_landmarks)))
+        return faces
 
     def close(self) -> None:
         self._landmarker.close()
