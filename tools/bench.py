@@ -393,7 +393,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
     from realtime.io.virtual_camera import VirtualCamera
     from realtime.loops.live import LiveLoop, LiveOptions
 
-    ctx = create_context("egl")
+    ctx = create_context()
     if args.deca_data is not None:  # the DECA path: tracking and posing on the worker thread, as the app does
         from realtime.deca.pipeline import DecaOptions, DecaPipeline
 
@@ -471,7 +471,7 @@ def run_deca(args: argparse.Namespace) -> dict[str, Any]:
     from realtime.deca.flame import flame_vertices
     from realtime.deca.pipeline import DecaOptions, DecaPipeline, full_pose
 
-    ctx = create_context("egl")
+    ctx = create_context()
     pipeline = DecaPipeline.create(DecaOptions(identity=args.identity, deca_data=args.deca_data, size=args.size), ctx)
     model, identity = pipeline.model, pipeline.identity
     samples: dict[str, list[float]] = {stage: [] for stage in DECA_STAGES}
@@ -551,7 +551,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    ctx = create_context("egl")
+    ctx = create_context()
     pipeline, prepare = prepare_pipeline(args.identity, args.size, ctx)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         driver = Path(tmp) / "driver.mp4"

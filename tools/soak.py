@@ -115,7 +115,7 @@ class Sampler:
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
-    ctx = create_context("egl")
+    ctx = create_context()
     pipeline = RetargetPipeline.create(PipelineOptions(identity=args.identity, render=RenderOptions(size=args.size)),
                                        ctx)
     pyvirtualcam.register_backend(BACKEND, ArrivalCamera)

@@ -26,7 +26,7 @@ from realtime.ict.model import IctModel
 from realtime.ict.retarget import Retargeter, RetargetOptions
 from realtime.io.images import read_image
 from realtime.paths import cache_dir
-from realtime.rendering.renderer import AvatarRenderer, RenderOptions, create_context
+from realtime.rendering.renderer import OFFSCREEN, AvatarRenderer, RenderOptions, create_context
 from realtime.tracking.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class PipelineOptions:
     retarget: RetargetOptions = field(default_factory=RetargetOptions)
     background_image: Path | None = None
     use_cache: bool = True
-    gl_backend: str | None = "egl"
+    gl_backend: str | None = OFFSCREEN  # the platform's off-screen context (EGL on Linux), or a glcontext backend
 
 
 @dataclass(frozen=True, eq=False)
