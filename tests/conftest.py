@@ -48,7 +48,7 @@ def assets() -> Path:
     folder = assets_dir()
     if not (folder / ICT_MODEL_NAME).is_file() or not (folder / "face_landmarker.task").is_file():
         if not SHARED_ASSETS.is_dir():
-            pytest.skip("assets are not fetched and the shared mirror is absent: run tools/fetch_assets.py")
+            pytest.skip("assets are not fetched and the shared mirror is absent: run `python run.py --fetch-assets`")
         logging.getLogger(__name__).info("fetching assets from %s", SHARED_ASSETS)
         fetch_all(folder, SHARED_ASSETS)
     return folder

@@ -271,7 +271,7 @@ def test_the_app_refuses_a_broken_model_file(case: str, assets: Path, cache: Pat
     code, lines = run_main(capfd, *offline_args(media(PHOTO), media(CLIP), out))
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-    assert "fetch_assets.py" in lines[0], "says how to get a good copy"
+    assert "realtime-retarget --fetch-assets" in lines[0], "says how to get a good copy"
     assert not out.exists() and entries(cache) == []
     assert not marker.exists(), "nothing in the file ran"
 

@@ -335,9 +335,9 @@ def test_mirror_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_missing_assets_tell_the_user_what_to_run(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="missing.*python tools/fetch_assets.py"):
+    with pytest.raises(UserError, match="missing.*realtime-retarget --fetch-assets"):
         face_landmarker_path(tmp_path)
-    with pytest.raises(UserError, match="missing.*python tools/fetch_assets.py"):
+    with pytest.raises(UserError, match="missing.*realtime-retarget --fetch-assets"):
         ict_model_path(tmp_path)
 
 

@@ -120,7 +120,7 @@ def write(path: Path, data: bytes) -> Path:
         ("clip not a video", "could not be read as a video"),
         ("output exists", "exists: choose another name or pass --overwrite"),
         ("no record", "add --record"),
-        ("missing assets", "fetch_assets.py"),
+        ("missing assets", "realtime-retarget --fetch-assets"),
     ],
 )
 def test_bad_input_gets_one_clear_line_and_nothing_written(case: str, message: str, assets, tmp_path) -> None:
