@@ -18,6 +18,34 @@ def media(name: str) -> Path:
     return path
 
 
+def audio_only_clip(path: Path, seconds: float = 0.3) -> Path:
+    """An MP4 with a sine tone and no video stream, encoded with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=44100, layout="mono")
+        t = np.arange(int(44100 * seconds)) / 44100
+        frame = av.AudioFrame.from_ndarray(np.sin(2 * np.pi * 440 * t).astype(np.float32)[None], format="fltp",
+                                           layout="mono")
+        frame.sample_rate = 44100
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def remux(source: Path, out: Path) -> Path:
+    """``source``'s video stream copied into ``out`` as it is (no re-encoding), the index (moov) written last."""
+    import av
+
+    with av.open(str(source)) as reading, av.open(str(out), "w") as writing:
+        stream = writing.add_stream_from_template(reading.streams.video[0])
+        for packet in reading.demux(reading.streams.video[0]):
+            if packet.dts is not None:  # the flush packet at the end
+                packet.stream = stream
+                writing.mux(packet)
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory) -> Path:
     """Prepared identities go to a temporary folder, not the checkout's cache (subprocesses inherit it)."""

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -28,6 +27,7 @@ from realtime.io.clips import (
     open_video,
     probe_video,
 )
+from tests.conftest import audio_only_clip
 
 PROJECT = Path(__file__).resolve().parents[1]
 MEDIA = PROJECT.parent / "shared" / "assets" / "media"
@@ -63,19 +63,6 @@ def gradient_frames(count: int, width: int, height: int) -> list[np.ndarray]:
         image[..., 2] = 128
         frames.append(image)
     return frames
-
-
-def audio_only_clip(path: Path, seconds: float = 0.3) -> Path:
-    """An MP4 with a sine tone and no video stream, encoded with PyAV."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=44100, layout="mono")
-        t = np.arange(int(44100 * seconds)) / 44100
-        frame = av.AudioFrame.from_ndarray(np.sin(2 * np.pi * 440 * t).astype(np.float32)[None], format="fltp",
-                                           layout="mono")
-        frame.sample_rate = 44100
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
