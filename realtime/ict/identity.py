@@ -127,8 +127,11 @@ def save_identity(identity: Identity, entry: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         np.savez(tmp / "identity.npz", vertices=identity.vertices, iris_color=identity.iris_color)
-        if not cv2.imwrite(str(tmp / "albedo.png"), identity.albedo[:, :, ::-1]):
-            raise OSError("could not write albedo.png")
+        # encoded in memory: cv2.imwrite cannot open a non-ASCII path on Windows (a user folder like C:\Users\José)
+        encoded, png = cv2.imencode(".png", identity.albedo[:, :, ::-1])
+        if not encoded:
+            raise OSError("could not encode albedo.png")
+        (tmp / "albedo.png").write_bytes(png.tobytes())
         (tmp / "meta.json").write_text(json.dumps({"name": identity.name, "fit_error": identity.fit_error}))
         os.replace(tmp, entry)
     except OSError as err:
@@ -140,7 +143,8 @@ def save_identity(identity: Identity, entry: Path) -> None:
 def load_identity(entry: Path, name: str) -> Identity:
     with np.load(entry / "identity.npz", allow_pickle=False) as data:
         vertices, iris = data["vertices"], data["iris_color"]
-    albedo = cv2.imread(str(entry / "albedo.png"), cv2.IMREAD_COLOR)
+    png = np.fromfile(entry / "albedo.png", np.uint8)
+    albedo = cv2.imdecode(png, cv2.IMREAD_COLOR) if png.size else None
     if albedo is None:
         raise ValueError("albedo.png unreadable")
     meta = json.loads((entry / "meta.json").read_text())
