@@ -279,20 +279,20 @@ class _Encoder:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self.frames = 0  # frames handed over
+        self.encoded = 0  # frames encoded: the count that matters once finish() returned
         self._thread = threading.Thread(target=self._run, name=f"encode:{label.name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         container, stream = self._container, self._stream
         try:
-            index = 0
             while (image := self._queue.get()) is not None and not self._stop.is_set():
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(
                     format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
                 )
-                frame.pts = index
+                frame.pts = self.encoded
                 container.mux(stream.encode(frame))
-                index += 1
+                self.encoded += 1
             if not self._stop.is_set():
                 container.mux(stream.encode(None))  # the frames libx264 still holds
         except BaseException as err:  # kept for the caller's thread, which raises it
@@ -342,34 +342,6 @@ class _Encoder:
             self._queue.put_nowait(None)  # wakes a thread waiting for a frame
         if self._thread is not threading.current_thread():
             self._thread.join()
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and the termination signals until the block ends; a second one gets through at once.
-
-    Ctrl-C mostly lands while we wait for room in the encoder's queue. Raised there, it would leave the count of
-    frames handed over uncertain, so the frame is handed over first and the signal delivered after.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Python runs signal handlers on the main thread only: nothing can interrupt this thread
-        return
-    pending: list[int] = []
-
-    def hold(signum: int, frame: object) -> None:
-        if pending:  # asked twice: the user does not want to wait for this frame
-            pending.clear()
-            raise KeyboardInterrupt
-        pending.append(signum)
-
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, *_termination_signals())}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        for sig in pending:
-            signal.raise_signal(sig)  # to the handler that was in place: KeyboardInterrupt, or the default action
 
 
 def _reserve_partial(path: Path) -> Path:
@@ -443,8 +415,7 @@ class ClipWriter:
         try:
             if encoder.frames % _SPACE_CHECK_FRAMES == 0:
                 self._check_free_space()
-            with _signals_deferred():
-                encoder.write(image)
+            encoder.write(image)
         except UserError as err:
             self._salvage_or_discard(err)
         finally:
@@ -471,6 +442,8 @@ class ClipWriter:
             return None
         try:
             encoder.finish()
+            # exact even when Ctrl-C landed between handing a frame over and counting it
+            self.frames_written = encoder.encoded
         except UserError as err:  # the encoder failed at the end (the disk filled up while it flushed)
             self._salvage_or_discard(err)
         except BaseException:  # a second Ctrl-C while waiting for the encoder
