@@ -18,6 +18,22 @@ def media(name: str) -> Path:
     return path
 
 
+def hide_ffmpeg(folder: Path) -> str:
+    """A PATH on which the only ffmpeg and ffprobe are stand-ins that fail and leave a mark in ``folder``: the app
+    must need neither (see `ffmpeg_ran`)."""
+    stubs = folder / "ffmpeg-stubs"
+    stubs.mkdir(exist_ok=True)
+    for name in ("ffmpeg", "ffprobe"):
+        (stubs / name).write_text(f"#!/bin/sh\ntouch '{folder / ('ran-' + name)}'\nexit 1\n")
+        (stubs / name).chmod(0o755)
+    return str(stubs)
+
+
+def ffmpeg_ran(folder: Path) -> list[str]:
+    """The stand-ins of `hide_ffmpeg` that something ran."""
+    return sorted(path.name.removeprefix("ran-") for path in folder.glob("ran-*"))
+
+
 def audio_only_clip(path: Path, seconds: float = 0.3) -> Path:
     """An MP4 with a sine tone and no video stream, encoded with PyAV."""
     import av

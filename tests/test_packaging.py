@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from realtime.io.clips import probe_video
-from tests.conftest import PROJECT, SHARED_ASSETS, media
+from tests.conftest import PROJECT, SHARED_ASSETS, ffmpeg_ran, hide_ffmpeg, media
 
 # not part of a source tree a wheel is built from
 GENERATED = shutil.ignore_patterns(".git", ".venv", "assets", "cache", "out", "build", "engines", "*.egg-info",
@@ -57,14 +57,9 @@ def test_the_wheel_installs_fetches_and_retargets_outside_the_checkout(tmp_path:
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    for name in ("ffmpeg", "ffprobe"):  # stand-ins that fail and leave a mark
-        (stubs / name).write_text(f"#!/bin/sh\ntouch {tmp_path / ('ran-' + name)}\nexit 1\n")
-        (stubs / name).chmod(0o755)
     keep = {"LANG", "LC_ALL", "TMPDIR", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"}
     env = {key: value for key, value in os.environ.items() if key in keep}
-    env.update(HOME=str(home), PATH=f"{stubs}{os.pathsep}{bin_dir}")
+    env.update(HOME=str(home), PATH=f"{hide_ffmpeg(tmp_path)}{os.pathsep}{bin_dir}")
     app = bin_dir / "realtime-retarget"
 
     where = run(bin_dir / "python", "-c", "import realtime; print(realtime.__file__)", env=env, cwd=work)
@@ -83,7 +78,7 @@ def test_the_wheel_installs_fetches_and_retargets_outside_the_checkout(tmp_path:
     assert (result.codec, result.frame_count, result.frame_rate) == ("h264", driver.frame_count, driver.frame_rate)
     assert list((home / ".cache" / "realtime-retarget" / "identities").iterdir()), "the identity cache"
     assert sorted(path.name for path in work.iterdir()) == [out.name], "nothing else written where it ran"
-    assert not list(tmp_path.glob("ran-*")), "an ffmpeg program was run"
+    assert ffmpeg_ran(tmp_path) == []
 
     # a missing asset names the command that gets it
     missing = subprocess.run([app, "--identity", photo, "--source", clip, "--record", "again.mp4", "--no-window",

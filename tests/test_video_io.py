@@ -27,7 +27,7 @@ from realtime.io.clips import (
     open_video,
     probe_video,
 )
-from tests.conftest import audio_only_clip
+from tests.conftest import audio_only_clip, ffmpeg_ran, hide_ffmpeg
 
 PROJECT = Path(__file__).resolve().parents[1]
 MEDIA = PROJECT.parent / "shared" / "assets" / "media"
@@ -226,13 +226,7 @@ def test_channel_order_survives_writing(tmp_path: Path) -> None:
 
 
 def test_h264_without_any_ffmpeg_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # ffmpeg and ffprobe on the PATH are stand-ins that fail and leave a mark: nothing may run them
-    stubs = tmp_path / "bin"
-    stubs.mkdir()
-    for name in ("ffmpeg", "ffprobe"):
-        (stubs / name).write_text(f"#!/bin/sh\ntouch {tmp_path / ('ran-' + name)}\nexit 1\n")
-        (stubs / name).chmod(0o755)
-    monkeypatch.setenv("PATH", str(stubs))
+    monkeypatch.setenv("PATH", hide_ffmpeg(tmp_path))
     out = tmp_path / "clip.mp4"
     with ClipWriter(out, 30000 / 1001, (175, 143)) as writer:
         for image in gradient_frames(12, 175, 143):
@@ -240,7 +234,7 @@ def test_h264_without_any_ffmpeg_program(tmp_path: Path, monkeypatch: pytest.Mon
     info = probe_video(out)
     assert (info.codec, info.width, info.height, info.frame_count) == ("h264", 176, 144, 12)
     assert info.frame_rate == Fraction(30000, 1001)
-    assert not list(tmp_path.glob("ran-*")), "an ffmpeg program was run"
+    assert ffmpeg_ran(tmp_path) == []
     assert partials(tmp_path) == []
 
 
