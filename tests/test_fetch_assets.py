@@ -204,12 +204,14 @@ def test_tool_fetches_from_a_mirror_directory(converted: Path, tmp_path: Path) -
 # --- failures leave nothing behind ---------------------------------------------------------------------------------
 
 
-def test_tool_with_a_bad_mirror_exits_2_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [[str(TOOL)], [str(PROJECT / "run.py"), "--fetch-assets"]],
+                         ids=["tools/fetch_assets.py", "realtime-retarget --fetch-assets"])
+def test_tool_with_a_bad_mirror_exits_2_with_one_line(tmp_path: Path, command: list[str]) -> None:
     empty_mirror = tmp_path / "mirror"
     empty_mirror.mkdir()
     dest = tmp_path / "assets"
     result = subprocess.run(
-        [sys.executable, str(TOOL), "--mirror", str(empty_mirror), "--dest", str(dest)],
+        [sys.executable, *command, "--mirror", str(empty_mirror), "--dest", str(dest)],
         capture_output=True,
         text=True,
         timeout=60,
