@@ -709,11 +709,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             machine = machine_facts(ctx, pipeline.renderer.options.antialias)
         finally:
             pipeline.close()
-        whole = {}
-        for encoder in available_encoders():
-            runs = time_whole(args.identity, args.size, ctx, driver, Path(tmp) / "whole.mp4", args.repeat, encoder)
-            whole[encoder] = {"encoder": encoder, "fps_median": float(np.median([r["fps"] for r in runs])),
-                              "runs": runs}
+        runs: dict[str, list[dict]] = {encoder: [] for encoder in available_encoders()}
+        for _ in range(args.repeat):  # interleaved, so that a change in the machine's load hits both encoders alike
+            for encoder, done in runs.items():
+                done += time_whole(args.identity, args.size, ctx, driver, Path(tmp) / "whole.mp4", 1, encoder)
+        whole = {encoder: {"encoder": encoder, "fps_median": float(np.median([r["fps"] for r in done])), "runs": done}
+                 for encoder, done in runs.items()}
         encoders = time_encoders(rendered, clip.fps, Path(tmp))
 
     stages = {stage: asdict(summarise(values)) for stage, values in samples.items()}
