@@ -471,7 +471,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [
         f"whole / sequential: {report['whole_over_sequential']:.2f}x",
         f"other processes: {format_cores(report['stage_run']['other_cores'])} during the stages, "
-        + ", ".join(format_cores(run["other_cores"]) for run in whole["runs"])
+        + ", ".join(format_cores(run["other_cores"])
+                    for run in whole["runs"] + (report.get("whole_reference") or {}).get("runs", []))
         + " during the whole runs (should be near 0 for trustworthy figures)",
     ]
     return "\n".join(lines + format_encoders(report["encoders"]))
