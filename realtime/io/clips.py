@@ -266,14 +266,18 @@ class _Encoder:
             self._container = av.open(f"{FILE_PROTOCOL}{out}", mode="w", format=container, options=options)
         except av.error.FFmpegError as err:
             raise _encoder_error(err, label) from err
-        stream = self._container.add_stream(_ENCODER, rate=rate, options=_ENCODER_OPTIONS)
-        stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
-        codec = stream.codec_context
-        # tag BT.709 so players do not guess the colour matrix
-        codec.colorspace, codec.color_range = Colorspace.ITU709, ColorRange.MPEG
-        codec.color_primaries, codec.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
-        if fragmented:
-            codec.gop_size = max(1, round(rate))
+        try:
+            stream = self._container.add_stream(_ENCODER, rate=rate, options=_ENCODER_OPTIONS)
+            stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+            codec = stream.codec_context
+            # tag BT.709 so players do not guess the colour matrix
+            codec.colorspace, codec.color_range = Colorspace.ITU709, ColorRange.MPEG
+            codec.color_primaries, codec.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
+            if fragmented:
+                codec.gop_size = max(1, round(rate))
+        except BaseException:
+            self._container.close()  # Windows cannot delete a file that is still open
+            raise
         self._stream = stream
         self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=_ENCODE_QUEUE_FRAMES)
         self._stop = threading.Event()
