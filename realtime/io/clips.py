@@ -273,6 +273,8 @@ class _Encoder:
             # tag BT.709 so players do not guess the colour matrix
             codec.colorspace, codec.color_range = Colorspace.ITU709, ColorRange.MPEG
             codec.color_primaries, codec.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
+            # frame threads, as the ffmpeg program has them (with PyAV's default, slices, x264 is slower, files larger)
+            codec.thread_type = "FRAME"
             if fragmented:
                 codec.gop_size = max(1, round(rate))
         except BaseException:
