@@ -14,7 +14,8 @@ from realtime.paths import PACKAGE_DATA, assets_dir
 
 logger = logging.getLogger(__name__)
 
-FETCH_HINT = "run `python tools/fetch_assets.py` (add `--mirror DIR_OR_URL` to use a local mirror)"
+FETCH_COMMAND = "realtime-retarget --fetch-assets"  # also `python run.py --fetch-assets` in a checkout
+FETCH_HINT = f"run `{FETCH_COMMAND}` (add `--mirror DIR_OR_URL` to use a local mirror)"
 _CHUNK = 1 << 20
 
 

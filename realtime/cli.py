@@ -64,6 +64,8 @@ examples:
   realtime-retarget --list-faces group.jpg               draw the numbered faces of a photo into group-faces.jpg
   realtime-retarget --list-cameras
   realtime-retarget --doctor                             what is missing on this machine, and how to fix it
+  realtime-retarget --fetch-assets                       get the assets once after installing (--mirror DIR|URL:
+                                                         from a local copy; --force: again)
 (python run.py works the same as realtime-retarget)
 
 settings file (TOML; the command line overrides it): %(config)s
@@ -96,7 +98,7 @@ def build_parser(config_path: Path | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--source", default="0", metavar="CAMERA|CLIP|URL",
                         help="webcam index (default 0), a video file, or a stream URL that drives the avatar")
     parser.add_argument("--record", type=Path, metavar="OUT.mp4",
-                        help="record the avatar from the start into this file (H.264 via ffmpeg); the r key records "
+                        help="record the avatar from the start into this file (H.264); the r key records "
                              "to the next free name beside it")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
     parser.add_argument("--no-window", action="store_true",
@@ -142,9 +144,13 @@ def build_parser(config_path: Path | None = None) -> argparse.ArgumentParser:
                              "smoothing, virtual camera, mirror, head pose, ...) to the settings file, and exit")
     parser.add_argument("--list-cameras", action="store_true", help="list the camera devices and exit")
     parser.add_argument("--doctor", action="store_true",
-                        help="check assets, OpenGL, ffmpeg, cameras, virtual camera, DECA files and engines; "
+                        help="check assets, OpenGL, H.264, cameras, virtual camera, DECA files and engines; "
                              "print the fix for each problem, and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # getting the assets, from an installed package too: a mode of its own, with its own options (see main)
+    parser.add_argument("--fetch-assets", action="store_true",
+                        help="download (or copy from a mirror), verify and convert the assets, and exit: "
+                             "`realtime-retarget --fetch-assets [--mirror DIR|URL] [--force]` (--help lists them)")
     return parser
 
 
@@ -316,6 +322,11 @@ def run_live(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--fetch-assets" in argv:  # its --mirror is a folder or URL, not the app's --mirror (swap left and right)
+        from realtime.fetch import main as fetch_assets
+
+        return fetch_assets([arg for arg in argv if arg != "--fetch-assets"], prog="realtime-retarget --fetch-assets")
     try:
         args = parse_args(argv)
         setup_logging(args.verbose)
@@ -331,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(check.line() for check in run_doctor(args.deca_data)))
             return 0
         if args.list_cameras:
-            from realtime.io.capture import list_cameras
+            from realtime.io.capture import camera_advice, list_cameras
 
-            print("\n".join(list_cameras()) or "no camera devices found")
+            print("\n".join(list_cameras()) or f"no camera devices found: {camera_advice()}")
             return 0
         if args.list_faces is not None:
             from realtime.io.face_list import list_faces

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from realtime.errors import UserError
+from realtime.paths import config_dir
 
 APP_NAME = "realtime-retarget"
 STYLES = ("textured", "shape")
@@ -82,9 +83,9 @@ def parse_color(text: str) -> tuple[float, float, float] | None:
 
 
 def default_config_path() -> Path:
-    """``$XDG_CONFIG_HOME/realtime-retarget/config.toml``, else ``~/.config/realtime-retarget/config.toml``."""
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base) / APP_NAME / "config.toml"
+    """``config.toml`` in the user's settings folder (`realtime.paths.config_dir`: ``$XDG_CONFIG_HOME`` or
+    ``~/.config`` on Linux, ``~/Library/Application Support`` on macOS, ``%APPDATA%`` on Windows)."""
+    return config_dir() / "config.toml"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`run.py --doctor`: what this machine has for the app, each problem with its fix. Checks only; changes nothing."""
 
 import logging
-import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,29 +37,35 @@ def probe_assets() -> str:
     return f"{assets.face_landmarker_path()}, {assets.face_detector_path()} and {assets.ict_model_path()}"
 
 
+OFFSCREEN_CONTEXTS = {"win32": "standalone WGL", "darwin": "standalone CGL"}  # elsewhere: headless EGL
+
+
 def probe_gl() -> str:
     from realtime.rendering.renderer import create_context
 
     ctx = create_context()
     try:
-        return f"{ctx.info['GL_RENDERER']} (OpenGL {ctx.info['GL_VERSION']}), headless EGL"
+        kind = OFFSCREEN_CONTEXTS.get(sys.platform, "headless EGL")
+        return f"{ctx.info['GL_RENDERER']} (OpenGL {ctx.info['GL_VERSION']}), {kind}"
     finally:
         ctx.release()
 
 
-def probe_ffmpeg() -> str:
-    path = shutil.which("ffmpeg")
-    if path is None:
-        raise UserError("ffmpeg not found: recordings fall back to mp4v; install it (apt-get install ffmpeg) for H.264")
-    return path
+def probe_h264() -> str:
+    import av
+
+    if "libx264" not in av.codecs_available:
+        raise UserError(f"PyAV {av.__version__} has no libx264 encoder: reinstall it from PyPI with "
+                        "`pip install --force-reinstall av` (its wheels bundle FFmpeg with libx264)")
+    return f"libx264 in PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info}): no ffmpeg program needed"
 
 
 def probe_cameras() -> str:
-    from realtime.io.capture import list_cameras
+    from realtime.io.capture import camera_advice, list_cameras
 
     cameras = list_cameras()
     if not cameras:
-        raise UserError("no camera devices found: connect a webcam, or drive the avatar with --source CLIP.mp4")
+        raise UserError(f"no camera devices found: {camera_advice()}")
     return "; ".join(cameras)
 
 
@@ -91,13 +97,13 @@ def probe_deca(folder: Path | None) -> Callable[[], str]:
 def probe_engines(folder: Path | None) -> Callable[[], str]:
     def probe() -> str:
         from realtime.deca.engines import read_manifest
-        from realtime.paths import PROJECT_ROOT
+        from realtime.paths import engines_dir
 
-        entries = read_manifest(PROJECT_ROOT / "engines")
+        entries = read_manifest(engines_dir())
         if not entries:
             hint = f" --deca-data {folder}" if folder else " --deca-data DIR"
             return f"none built (optional: `python tools/build_engine.py{hint}` makes the DECA path faster)"
-        return f"{len(entries)} in engines/manifest.json"
+        return f"{len(entries)} in {engines_dir() / 'manifest.json'}"
 
     return probe
 
@@ -107,7 +113,7 @@ def run_doctor(deca_data: Path | None = None) -> list[Check]:
     return [
         check("assets", probe_assets),
         check("OpenGL", probe_gl),
-        check("ffmpeg", probe_ffmpeg),
+        check("H.264", probe_h264),
         check("cameras", probe_cameras),
         check("virtual camera", probe_virtual_camera),
         check("DECA files", probe_deca(deca_data)),

@@ -4,11 +4,12 @@ Everything that comes from outside is verified against hashes pinned in `realtim
 before it is put in place, and it is put in place atomically: a download or an extraction goes into a temporary file
 or folder inside the destination and is renamed over the final name only once it is verified. A failure of any kind
 leaves nothing half-written behind and raises a :class:`UserError` that says what went wrong and what to do.
-``tools/fetch_assets.py`` calls :func:`fetch_all`.
+``realtime-retarget --fetch-assets`` (and ``tools/fetch_assets.py``, a thin wrapper) run :func:`main`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import http.client
@@ -16,6 +17,7 @@ import logging
 import lzma
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -33,6 +35,7 @@ from realtime.assets import (
     _CHUNK,
     FACE_DETECTOR,
     FACE_LANDMARKER,
+    FETCH_COMMAND,
     FETCH_HINT,
     ICT_FACEKIT,
     ICT_FACEKIT_COMMIT,
@@ -167,7 +170,7 @@ def convert_ict_model(dest: Path, force: bool = False) -> Path:
             logger.debug("conversion failed", exc_info=True)
             raise UserError(
                 f"converting ICT-FaceKit into {final} failed ({type(err).__name__}: {err}); "
-                f"re-fetch with `python tools/fetch_assets.py --force`"
+                f"re-fetch with `{FETCH_COMMAND} --force`"
             ) from err
         os.chmod(tmp, 0o644)
         os.replace(tmp, final)
@@ -365,3 +368,47 @@ def _replace_dir(new: Path, final: Path) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+# --- the command: `realtime-retarget --fetch-assets` and tools/fetch_assets.py ---------------------------------------
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Fetch, verify and convert the assets; 0 when everything is in place, 2 with a one-line message on stderr when
+    something could not be fetched or verified (nothing partial is left behind), 130 when interrupted."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Fetch, verify and convert the assets of the embedded default (MediaPipe Face Landmarker, "
+        "ICT-FaceKit head).",
+    )
+    parser.add_argument(
+        "--mirror",
+        metavar="DIR|URL",
+        help=f"local directory or http(s) base URL with the mirror's layout (default: ${MIRROR_ENV}, else upstream)",
+    )
+    parser.add_argument("--dest", type=Path, default=None, help=f"where to put the assets (default: {assets_dir()})")
+    parser.add_argument("--force", action="store_true", help="fetch again even what is already present and valid")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
+    args = parser.parse_args(argv)
+    _configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+
+    dest = args.dest or assets_dir()
+    try:
+        fetch_all(dest, args.mirror, args.force)
+    except UserError as err:
+        logger.error("error: %s", " ".join(str(err).split()))
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        logger.error("interrupted: nothing half-written was left in %s; run the command again to finish", dest)
+        return 130
+    logger.info("assets ready in %s", dest)
+    return 0
+
+
+def _configure_logging(level: int) -> None:
+    """Progress on stdout, warnings and the final error on stderr, so a failure is a single line there."""
+    to_stdout = logging.StreamHandler(sys.stdout)
+    to_stdout.addFilter(lambda record: record.levelno < logging.WARNING)
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setLevel(logging.WARNING)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[to_stdout, to_stderr])

@@ -18,6 +18,50 @@ def media(name: str) -> Path:
     return path
 
 
+def hide_ffmpeg(folder: Path) -> str:
+    """A PATH on which the only ffmpeg and ffprobe are stand-ins that fail and leave a mark in ``folder``: the app
+    must need neither (see `ffmpeg_ran`)."""
+    stubs = folder / "ffmpeg-stubs"
+    stubs.mkdir(exist_ok=True)
+    for name in ("ffmpeg", "ffprobe"):
+        (stubs / name).write_text(f"#!/bin/sh\ntouch '{folder / ('ran-' + name)}'\nexit 1\n")
+        (stubs / name).chmod(0o755)
+    return str(stubs)
+
+
+def ffmpeg_ran(folder: Path) -> list[str]:
+    """The stand-ins of `hide_ffmpeg` that something ran."""
+    return sorted(path.name.removeprefix("ran-") for path in folder.glob("ran-*"))
+
+
+def audio_only_clip(path: Path, seconds: float = 0.3) -> Path:
+    """An MP4 with a sine tone and no video stream, encoded with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=44100, layout="mono")
+        t = np.arange(int(44100 * seconds)) / 44100
+        frame = av.AudioFrame.from_ndarray(np.sin(2 * np.pi * 440 * t).astype(np.float32)[None], format="fltp",
+                                           layout="mono")
+        frame.sample_rate = 44100
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def remux(source: Path, out: Path) -> Path:
+    """``source``'s video stream copied into ``out`` as it is (no re-encoding), the index (moov) written last."""
+    import av
+
+    with av.open(str(source)) as reading, av.open(str(out), "w") as writing:
+        stream = writing.add_stream_from_template(reading.streams.video[0])
+        for packet in reading.demux(reading.streams.video[0]):
+            if packet.dts is not None:  # the flush packet at the end
+                packet.stream = stream
+                writing.mux(packet)
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory) -> Path:
     """Prepared identities go to a temporary folder, not the checkout's cache (subprocesses inherit it)."""
@@ -50,7 +94,7 @@ def assets() -> Path:
     needed = (ICT_MODEL_NAME, "face_landmarker.task", "selfie_segmentation.tflite", FACE_DETECTOR.name)
     if not all((folder / name).is_file() for name in needed):
         if not SHARED_ASSETS.is_dir():
-            pytest.skip("assets are not fetched and the shared mirror is absent: run tools/fetch_assets.py")
+            pytest.skip("assets are not fetched and the shared mirror is absent: run `python run.py --fetch-assets`")
         logging.getLogger(__name__).info("fetching assets from %s", SHARED_ASSETS)
         fetch_all(folder, SHARED_ASSETS)
     return folder

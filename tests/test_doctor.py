@@ -22,13 +22,14 @@ def doctor(*args: str, **env: str) -> dict[str, str]:
 
 def test_doctor_reports_every_check_with_its_fix(assets, tmp_path) -> None:
     report = doctor()
-    assert set(report) == {"assets", "OpenGL", "ffmpeg", "cameras", "virtual camera", "DECA files", "DECA engines"}
+    assert set(report) == {"assets", "OpenGL", "H.264", "cameras", "virtual camera", "DECA files", "DECA engines"}
+    assert report["H.264"].startswith("ok ") and "libx264 in PyAV" in report["H.264"]
     assert report["assets"].startswith("ok ")
     assert report["OpenGL"].startswith("ok ") and "headless EGL" in report["OpenGL"]
     if not glob.glob("/dev/video*"):  # this kind of machine: no webcam, no v4l2loopback
         assert report["cameras"].startswith("FIX") and "--source CLIP.mp4" in report["cameras"]
         assert report["virtual camera"].startswith("FIX") and "modprobe v4l2loopback" in report["virtual camera"]
     missing = doctor(RETARGET_ASSETS=str(tmp_path / "none"))
-    assert missing["assets"].startswith("FIX") and "tools/fetch_assets.py" in missing["assets"]
+    assert missing["assets"].startswith("FIX") and "realtime-retarget --fetch-assets" in missing["assets"]
     deca = doctor("--deca-data", str(tmp_path))
     assert deca["DECA files"].startswith("FIX") and "generic_model.pkl" in deca["DECA files"]

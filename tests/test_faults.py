@@ -11,7 +11,6 @@ import io
 import logging
 import os
 import re
-import shutil
 import signal
 import struct
 import subprocess
@@ -36,7 +35,7 @@ from realtime.io.clips import probe_video
 from realtime.io.images import MAX_SIDE, read_image
 from realtime.io.virtual_camera import VirtualCamera
 from realtime.loops.live import LiveLoop, LiveOptions
-from tests.conftest import PROJECT, media
+from tests.conftest import PROJECT, audio_only_clip, media, remux
 from tests.virtual_camera_backend import FailingBackend, RecordingBackend, registered_backend
 
 pytestmark = pytest.mark.faults
@@ -197,21 +196,18 @@ def test_the_app_refuses_a_broken_photo(case: str, assets: Path, cache: Path, tm
 
 
 def audio_only(path: Path) -> Path:
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1", str(path)], check=True)
-    return path
+    return audio_only_clip(path, seconds=1.0)
 
 
 def truncated_clip(path: Path) -> Path:
     # a recording cut short: its index (the moov box, written last without faststart) is missing
-    whole = path.with_name("whole.mp4")
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(media(CLIP)), "-c", "copy", str(whole)], check=True)
+    whole = remux(media(CLIP), path.with_name("whole.mp4"))
     data = whole.read_bytes()
     whole.unlink()
     path.write_bytes(data[: len(data) // 2])
     return path
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 @pytest.mark.parametrize("make", [audio_only, truncated_clip], ids=["no video stream", "truncated"])
 def test_the_app_refuses_a_clip_it_cannot_decode(make, assets: Path, tmp_path: Path) -> None:
     # in a process of its own: FFmpeg's log level is fixed when OpenCV first uses it, as the app sets it at start-up
@@ -271,7 +267,7 @@ def test_the_app_refuses_a_broken_model_file(case: str, assets: Path, cache: Pat
     code, lines = run_main(capfd, *offline_args(media(PHOTO), media(CLIP), out))
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-    assert "fetch_assets.py" in lines[0], "says how to get a good copy"
+    assert "realtime-retarget --fetch-assets" in lines[0], "says how to get a good copy"
     assert not out.exists() and entries(cache) == []
     assert not marker.exists(), "nothing in the file ran"
 
@@ -390,9 +386,9 @@ def test_a_full_disk_stops_the_recording_keeps_its_playable_part_and_the_call_go
         filler.join()
         device = RecordingBackend.last()
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        # whichever sees it first: the recorder watching the free space, or ffmpeg failing a write
+        # whichever sees it first: the recorder watching the free space, or the encoder failing a write
         assert len(errors) == 1 and re.fullmatch(
-            r"recording stopped: (ffmpeg stopped while writing the clip: )?the disk (holding \S+ )?is full.* free some "
+            r"recording stopped: the disk holding \S+ is full.* free some "
             rf"space.*; the part recorded before it is kept in {re.escape(str(disk / 'call.mp4'))}", errors[0]), errors
         assert sorted(os.listdir(disk)) == ["call.mp4", "filler"], "the part written so far, no temporary file"
         kept = probe_video(disk / "call.mp4").frame_count
@@ -465,7 +461,7 @@ def test_weird_paths_are_used_as_given_and_nothing_touches_the_network(assets: P
     photo.write_bytes(media(PHOTO).read_bytes())
     clip = folder / "clip %d|cat.mp4"
     clip.write_bytes(media(CLIP).read_bytes())
-    out = "-out %d;echo.mp4"  # relative, in the working folder: an ffmpeg option if passed bare
+    out = "-out %d;echo.mp4"  # relative, in the working folder: an option or a frame pattern if misread
     result = subprocess.run([sys.executable, "-c", AUDITED, "--identity", str(photo.relative_to(tmp_path)),
                              "--source", str(clip.relative_to(tmp_path)), f"--record={out}", "--no-window",
                              "--no-vcam"], capture_output=True, text=True, cwd=tmp_path, timeout=300,

@@ -214,12 +214,14 @@ def test_tool_fetches_from_a_mirror_directory(converted: Path, tmp_path: Path) -
 # --- failures leave nothing behind ---------------------------------------------------------------------------------
 
 
-def test_tool_with_a_bad_mirror_exits_2_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [[str(TOOL)], [str(PROJECT / "run.py"), "--fetch-assets"]],
+                         ids=["tools/fetch_assets.py", "realtime-retarget --fetch-assets"])
+def test_tool_with_a_bad_mirror_exits_2_with_one_line(tmp_path: Path, command: list[str]) -> None:
     empty_mirror = tmp_path / "mirror"
     empty_mirror.mkdir()
     dest = tmp_path / "assets"
     result = subprocess.run(
-        [sys.executable, str(TOOL), "--mirror", str(empty_mirror), "--dest", str(dest)],
+        [sys.executable, *command, "--mirror", str(empty_mirror), "--dest", str(dest)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -345,9 +347,9 @@ def test_mirror_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_missing_assets_tell_the_user_what_to_run(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="missing.*python tools/fetch_assets.py"):
+    with pytest.raises(UserError, match="missing.*realtime-retarget --fetch-assets"):
         face_landmarker_path(tmp_path)
-    with pytest.raises(UserError, match="missing.*python tools/fetch_assets.py"):
+    with pytest.raises(UserError, match="missing.*realtime-retarget --fetch-assets"):
         ict_model_path(tmp_path)
 
 

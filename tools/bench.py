@@ -8,21 +8,30 @@ The only place where the project measures speed (tests never time anything). Thr
 2. Stages, one at a time on this thread, each call timed alone with time.perf_counter; the first WARMUP frames are
    left out of the figures: decode (cv2 read + BGR->RGB, what the decoder thread does), track (MediaPipe, VIDEO mode),
    retarget (pipeline.pose), geometry (avatar.pose: blendshapes + normals), render (upload, draw, anti-aliasing,
-   read-back) and encode (ClipWriter.write: the pipe to ffmpeg; ffmpeg itself encodes in its own process, at the
-   same time as the other stages, so its CPU time is reported apart).
+   read-back) and encode (ClipWriter.write: the hand-over to the writer thread; PyAV converts and encodes there, at
+   the same time as the other stages).
 3. Whole pipeline: realtime.loops.offline.render_clip on the driver clip --repeat times, each with a fresh pipeline,
    like one `run.py --source clip.mp4` run (the pipeline's creation is not timed). Compared with the sum of the stage
-   medians (the "sequential estimate"), the ratio shows what the overlapping threads buy.
+   medians (the "sequential estimate"), the ratio shows what the overlapping threads buy. When an ffmpeg program is on
+   the PATH, the same runs again with the encoder the app had before PyAV (raw RGB piped to an ffmpeg process, kept
+   here as `FfmpegProcessWriter`) in place of ClipWriter.
+4. Encoders: the rendered frames of step 2 written by each encoder alone, as fast as it takes them: the caller's time
+   per write (what the pipeline's thread pays), the time to finish, and the CPU time per frame of all threads and
+   child processes.
 
     python tools/bench.py [--identity PHOTO] [--clip CLIP] [--size 640x480] [--frames 300] [--repeat 3] [--json OUT]
+    python tools/bench.py --live [--record] [--encoder pyav|ffmpeg] [--frames 1200]
 """
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +46,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ start-up chatt
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import realtime  # noqa: E402, F401, I001  (first: it sets the thread environment before numpy loads, as in the app)
+import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -53,6 +63,7 @@ from realtime.head import model_matrix  # noqa: E402
 from realtime.rendering.renderer import RenderOptions, create_context  # noqa: E402
 from realtime.io.clips import open_video  # noqa: E402
 from realtime.io.clips import ClipWriter, probe_video  # noqa: E402
+from realtime.io.capture import FILE_PROTOCOL  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -152,6 +163,121 @@ def make_driver_clip(source: Path, out: Path, size: tuple[int, int], frames: int
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The reference encoder: how the app encoded before PyAV
+
+
+class FfmpegProcessWriter:
+    """H.264 through an ffmpeg process fed raw RGB on a pipe, with the command line ``realtime/io/clips.py`` used before
+    it moved to PyAV (libx264 veryfast, CRF 18, BT.709 yuv420p, one output frame per input frame). The benchmark's
+    reference only: it has ClipWriter's ``write``/``close`` but none of its atomicity or error handling."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], overwrite: bool = False,
+                 fragmented: bool = False) -> None:
+        ffmpeg = shutil.which("ffmpeg")
+        if ffmpeg is None:
+            raise UserError("the reference encoder needs an ffmpeg program on the PATH")
+        width, height = size
+        self.path, self.frames_written = Path(path), 0
+        cmd = [
+            ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-framerate", f"{fps}", "-i", "pipe:0",
+            "-an", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2,scale=out_color_matrix=bt709:out_range=tv,format=yuv420p",
+            "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
+            "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
+            "-fps_mode", "passthrough",
+        ]  # fmt: skip
+        if fragmented:
+            cmd += ["-g", str(max(1, round(fps))), "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
+                    "-flush_packets", "1"]
+        else:
+            cmd += ["-movflags", "+faststart"]
+        cmd += ["-f", "mp4", f"{FILE_PROTOCOL}{self.path}"]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, bufsize=0)
+
+    def write(self, image: np.ndarray) -> None:
+        assert self._proc.stdin is not None
+        data = memoryview(np.ascontiguousarray(image)).cast("B")
+        sent = 0
+        while sent < len(data):
+            sent += os.write(self._proc.stdin.fileno(), data[sent:])
+        self.frames_written += 1
+
+    def close(self) -> Path:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        if self._proc.wait() != 0:
+            raise UserError(f"ffmpeg failed with exit code {self._proc.returncode}")
+        return self.path
+
+
+ENCODERS: dict[str, type] = {"pyav": ClipWriter, "ffmpeg": FfmpegProcessWriter}
+
+
+def available_encoders() -> list[str]:
+    return ["pyav"] + (["ffmpeg"] if shutil.which("ffmpeg") else [])
+
+
+@contextlib.contextmanager
+def app_encoder(name: str) -> Iterator[None]:
+    """The app's loops write with ENCODERS[name] within the block (ClipWriter itself for "pyav")."""
+    import realtime.loops.live
+    import realtime.loops.offline
+
+    modules = (realtime.loops.offline, realtime.loops.live)
+    before = [module.ClipWriter for module in modules]
+    for module in modules:
+        module.ClipWriter = ENCODERS[name]
+    try:
+        yield
+    finally:
+        for module, writer in zip(modules, before, strict=True):
+            module.ClipWriter = writer
+
+
+def encode_once(name: str, frames: list[np.ndarray], fps: float, out: Path, paced: bool) -> dict[str, Any]:
+    """``frames`` through ENCODERS[name]: as fast as it takes them, or ``paced`` at ``fps`` like a camera."""
+    size = (frames[0].shape[1], frames[0].shape[0])
+    samples: list[float] = []
+    own_before, children_before = cpu_seconds()
+    start = time.perf_counter()
+    writer = ENCODERS[name](out, fps, size, overwrite=True)
+    for index, image in enumerate(tqdm(frames, desc=f"Encoder {name}{' paced' if paced else ''}", unit="frame")):
+        if paced:
+            time.sleep(max(0.0, start + index / fps - time.perf_counter()))
+        timed(samples, writer.write, image)
+    close_start = time.perf_counter()
+    writer.close()
+    end = time.perf_counter()
+    own, children = cpu_seconds()
+    return {
+        "write_ms": asdict(summarise(samples)),
+        "finish_ms": (end - close_start) * 1000,
+        "fps": len(frames) / (end - start),
+        "cpu_ms_per_frame": ((own - own_before) + (children - children_before)) * 1000 / len(frames),
+        "frames": probe_video(out).frame_count,
+        "bytes": out.stat().st_size,
+    }
+
+
+def time_encoders(frames: list[np.ndarray], fps: float, folder: Path, rounds: int) -> dict[str, dict[str, Any]]:
+    """Each available encoder alone on ``frames``, ``rounds`` times interleaved: paced at ``fps`` (what the caller's
+    thread pays per write while the encoder keeps up) and as fast as it takes them (throughput, CPU per frame). Per
+    encoder the round of median throughput, with every round's frames per second and the median paced write."""
+    runs: dict[str, list[tuple[dict, dict]]] = {name: [] for name in available_encoders()}
+    for _ in range(rounds):
+        for name, done in runs.items():
+            out = folder / f"encoder-{name}.mp4"
+            done.append((encode_once(name, frames, fps, out, paced=True),
+                         encode_once(name, frames, fps, out, paced=False)))
+    summary = {}
+    for name, done in runs.items():
+        fast = sorted((free for _, free in done), key=lambda r: r["fps"])[len(done) // 2]
+        paced = sorted((paced for paced, _ in done), key=lambda r: r["write_ms"]["median_ms"])[len(done) // 2]
+        summary[name] = {**fast, "fps_rounds": [free["fps"] for _, free in done], "paced": paced}
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # 2. Stages, one at a time
 
 
@@ -198,11 +324,14 @@ class LoadMeter:
         return {"own_cores": own, "other_cores": max((machine - self._machine) / wall - own, 0.0)}
 
 
-def time_stages(pipeline: RetargetPipeline, clip: Path, fps: float, out: Path) -> tuple[dict[str, list[float]], dict]:
-    """Every frame of ``clip`` through the stages in turn, each call timed on its own."""
+def time_stages(
+    pipeline: RetargetPipeline, clip: Path, fps: float, out: Path
+) -> tuple[dict[str, list[float]], dict, list[np.ndarray]]:
+    """Every frame of ``clip`` through the stages in turn, each call timed on its own; the rendered frames too."""
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
     dt = 1.0 / fps
     faces = 0
+    rendered: list[np.ndarray] = []
     capture = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
     if not capture.isOpened():
         raise UserError(f"OpenCV could not open the driver clip {clip}")
@@ -212,7 +341,6 @@ def time_stages(pipeline: RetargetPipeline, clip: Path, fps: float, out: Path) -
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None
 
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    _, children_before = cpu_seconds()
     load = LoadMeter()
     load.start()
     writer = ClipWriter(out, fps, pipeline.renderer.options.size, overwrite=True)
@@ -229,16 +357,16 @@ def time_stages(pipeline: RetargetPipeline, clip: Path, fps: float, out: Path) -
             matrix = model_matrix(pose.rotation, HEAD_PIVOT)
             image = timed(samples["render"], pipeline.renderer.render, vertices, normals, matrix)
             timed(samples["encode"], writer.write, image)
+            rendered.append(image.copy())
             faces += face is not None
             bar.update()
     finally:
         bar.close()
         capture.release()
-        writer.close()  # waits for ffmpeg, so its CPU time is counted below
+        writer.close()  # waits for the writer thread, so its CPU time is counted in own_cores
     cores = load.stop()
     frames = len(samples["decode"])
-    ffmpeg_cpu_ms = (cpu_seconds()[1] - children_before) * 1000 / max(frames, 1)
-    return samples, {"frames": frames, "frames_with_face": faces, "ffmpeg_cpu_ms_per_frame": ffmpeg_cpu_ms, **cores}
+    return samples, {"frames": frames, "frames_with_face": faces, **cores}, rendered
 
 
 def summarise(samples: list[float]) -> StageStats:
@@ -255,18 +383,21 @@ def summarise(samples: list[float]) -> StageStats:
 # 3. Whole pipeline
 
 
-def time_whole(identity: Path, size: tuple[int, int], ctx: Any, clip: Path, out: Path, repeat: int) -> list[dict]:
-    """``render_clip`` on ``clip`` ``repeat`` times, each with a fresh pipeline (fresh tracker and filters)."""
+def time_whole(identity: Path, size: tuple[int, int], ctx: Any, clip: Path, out: Path, repeat: int,
+               encoder: str = "pyav") -> list[dict]:
+    """``render_clip`` on ``clip`` ``repeat`` times, each with a fresh pipeline (fresh tracker and filters), writing
+    with ``encoder`` (see ENCODERS)."""
     runs = []
-    for run in tqdm(range(repeat), desc="Whole pipeline", unit="run"):
+    for run in tqdm(range(repeat), desc=f"Whole pipeline ({encoder})", unit="run"):
         pipeline = create_pipeline(identity, size, ctx)
         load = LoadMeter()
         try:
             load.start()
             start = time.perf_counter()
-            result = render_clip(pipeline, clip, out, overwrite=True, progress=False)
+            with app_encoder(encoder):
+                result = render_clip(pipeline, clip, out, overwrite=True, progress=False)
             seconds = time.perf_counter() - start
-            cores = load.stop()  # own_cores: CPU seconds per wall second of this process and ffmpeg together
+            cores = load.stop()  # own_cores: CPU seconds per wall second of this process and its children
         finally:
             pipeline.close()
         runs.append({
@@ -276,8 +407,8 @@ def time_whole(identity: Path, size: tuple[int, int], ctx: Any, clip: Path, out:
             "fps": result.frames / seconds,
             **cores,
         })
-        log.info("run %d: %d frames in %.2f s, %.1f frames/s, %.2f cores busy", run + 1, result.frames, seconds,
-                 result.frames / seconds, cores["own_cores"])
+        log.info("run %d (%s): %d frames in %.2f s, %.1f frames/s, %.2f cores busy", run + 1, encoder, result.frames,
+                 seconds, result.frames / seconds, cores["own_cores"])
     return runs
 
 
@@ -301,6 +432,8 @@ def machine_facts(ctx: Any, antialias: str) -> dict[str, Any]:
         "moderngl": moderngl.__version__,
         "numpy": np.__version__,
         "opencv": cv2.__version__,
+        "av": av.__version__,
+        "ffmpeg_libraries": av.ffmpeg_version_info,
     }
 
 
@@ -321,7 +454,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"CPU        {machine['cpu_count']} cores ({machine['cpu_available']} available), {machine['cpu_model']}",
         f"GL         {machine['gl_renderer']} | {machine['gl_version']} | anti-aliasing {machine['antialias']}",
         f"versions   python {machine['python']}, mediapipe {machine['mediapipe']}, moderngl {machine['moderngl']}, "
-        f"numpy {machine['numpy']}, opencv {machine['opencv']}",
+        f"numpy {machine['numpy']}, opencv {machine['opencv']}, av {machine['av']} "
+        f"(FFmpeg {machine['ffmpeg_libraries']})",
         f"clip       {clip['source']} {clip['source_size'][0]}x{clip['source_size'][1]} resized to "
         f"{clip['size'][0]}x{clip['size'][1]}, {clip['frames']} frames at {clip['fps']:.2f} fps "
         f"({'looped ping-pong from ' + str(clip['source_frames']) + ' frames' if clip['looped'] else 'not looped'}), "
@@ -342,17 +476,39 @@ def format_report(report: dict[str, Any]) -> str:
         "(sequential estimate)",
         "",
         f"stage timing over {report['stage_run']['frames'] - WARMUP} frames after {WARMUP} warm-up, face found in "
-        f"{report['stage_run']['frames_with_face']}/{report['stage_run']['frames']}; ffmpeg (own process, "
-        f"overlapping) used {report['stage_run']['ffmpeg_cpu_ms_per_frame']:.2f} ms CPU per frame",
-        f"whole pipeline: {whole['fps_median']:.1f} frames/s (median of {len(whole['runs'])}: "
-        + ", ".join(f"{run['fps']:.1f}" for run in whole["runs"])
-        + f"), {np.median([run['own_cores'] for run in whole['runs']]):.2f} cores busy (this process + ffmpeg)",
+        f"{report['stage_run']['frames_with_face']}/{report['stage_run']['frames']}",
+        format_whole("whole pipeline", whole),
+    ]
+    if report.get("whole_reference"):
+        lines.append(format_whole("  with ffmpeg process", report["whole_reference"]))
+    lines += [
         f"whole / sequential: {report['whole_over_sequential']:.2f}x",
         f"other processes: {format_cores(report['stage_run']['other_cores'])} during the stages, "
-        + ", ".join(format_cores(run["other_cores"]) for run in whole["runs"])
+        + ", ".join(format_cores(run["other_cores"])
+                    for run in whole["runs"] + (report.get("whole_reference") or {}).get("runs", []))
         + " during the whole runs (should be near 0 for trustworthy figures)",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + format_encoders(report["encoders"]))
+
+
+def format_whole(label: str, whole: dict[str, Any]) -> str:
+    return (f"{label}: {whole['fps_median']:.1f} frames/s (median of {len(whole['runs'])}: "
+            + ", ".join(f"{run['fps']:.1f}" for run in whole["runs"])
+            + f"), {np.median([run['own_cores'] for run in whole['runs']]):.2f} cores busy ({whole['encoder']})")
+
+
+def format_encoders(encoders: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["", "encoders alone on the rendered frames: paced at the clip's rate (the caller's cost per write), "
+             "then as fast as they take them",
+             f"{'encoder':<16}{'paced write':>12}{'p95 ms':>8}{'frames/s':>10}{'CPU ms/frame':>14}{'finish ms':>11}"
+             f"{'kB':>7}  rounds frames/s"]
+    for name, stats in encoders.items():
+        label = {"pyav": "PyAV (thread)", "ffmpeg": "ffmpeg process"}[name]
+        paced = stats["paced"]["write_ms"]
+        lines.append(f"{label:<16}{paced['median_ms']:>12.2f}{paced['p95_ms']:>8.2f}{stats['fps']:>10.1f}"
+                     f"{stats['cpu_ms_per_frame']:>14.2f}{stats['finish_ms']:>11.0f}{stats['bytes'] // 1024:>7}  "
+                     + ", ".join(f"{fps:.0f}" for fps in stats["fps_rounds"]))
+    return lines
 
 
 def format_cores(cores: float | None) -> str:
@@ -393,7 +549,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
     from realtime.io.virtual_camera import VirtualCamera
     from realtime.loops.live import LiveLoop, LiveOptions
 
-    ctx = create_context("egl")
+    ctx = create_context()
     if args.deca_data is not None:  # the DECA path: tracking and posing on the worker thread, as the app does
         from realtime.deca.pipeline import DecaOptions, DecaPipeline
 
@@ -407,14 +563,17 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         driver = Path(tmp) / "driver.mp4"
         clip = make_driver_clip(args.clip, driver, args.size, min(args.frames, 300))
-        with Capture.create_from_options(CaptureOptions(source=str(driver), loop=True)) as capture:
+        record = Path(tmp) / "live.mp4" if args.record else None
+        with (Capture.create_from_options(CaptureOptions(source=str(driver), loop=True)) as capture,
+              app_encoder(args.encoder)):
             camera = VirtualCamera.open(args.size, capture.fps, backend="bench")
             started = time.perf_counter()
-            options = LiveOptions(max_frames=args.frames, worker=args.deca_data is not None)
+            options = LiveOptions(max_frames=args.frames, worker=args.deca_data is not None, record=record)
             stats = LiveLoop(pipeline, capture, camera, None, options).run()
             seconds = time.perf_counter() - started
             camera.close()
             dropped_input = capture.frames_dropped
+        recorded = probe_video(record).frame_count if record is not None else None
         machine = machine_facts(ctx, pipeline.renderer.options.antialias)
         pipeline.close()
     arrivals = np.array(TimingCamera.arrivals[WARMUP:])
@@ -426,6 +585,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
         "clip": asdict(clip),
         "identity": args.identity.name,
         "prepare": prepare,
+        "recording": {"encoder": args.encoder, "frames": recorded} if args.record else None,
         "seconds": seconds,
         "frames_out": stats.frames_out,
         "frames_retargeted": stats.frames_rendered,
@@ -441,7 +601,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_live_report(report: dict[str, Any]) -> str:
-    machine, clip = report["machine"], report["clip"]
+    machine, clip, recording = report["machine"], report["clip"], report["recording"]
     return "\n".join([
         f"CPU        {machine['cpu_count']} cores, {machine['cpu_model']}",
         f"GL         {machine['gl_renderer']} | anti-aliasing {machine['antialias']}",
@@ -456,6 +616,7 @@ def format_live_report(report: dict[str, Any]) -> str:
         f"p95 {report['latency_ms']['p95']:.1f} ms, max {report['latency_ms']['max']:.1f} ms",
         f"camera     {report['frames_retargeted']} frames retargeted, {report['camera_frames_dropped']} skipped "
         f"(newer ones came first), {report['frames_held']} output frames repeated",
+        f"recording  {recording['frames']} frames, {recording['encoder']} encoder" if recording else "recording  off",
     ])
 
 
@@ -471,7 +632,7 @@ def run_deca(args: argparse.Namespace) -> dict[str, Any]:
     from realtime.deca.flame import flame_vertices
     from realtime.deca.pipeline import DecaOptions, DecaPipeline, full_pose
 
-    ctx = create_context("egl")
+    ctx = create_context()
     pipeline = DecaPipeline.create(DecaOptions(identity=args.identity, deca_data=args.deca_data, size=args.size), ctx)
     model, identity = pipeline.model, pipeline.identity
     samples: dict[str, list[float]] = {stage: [] for stage in DECA_STAGES}
@@ -535,6 +696,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--live", action="store_true",
                         help="live mode: the clip as a webcam through the live loop into a virtual camera; --frames "
                              "output frames (use 1000 or more)")
+    parser.add_argument("--record", action="store_true", help="live mode: record the output, as the app's r key does")
+    parser.add_argument("--encoder", choices=tuple(ENCODERS), default="pyav",
+                        help="live mode: the recorder's encoder; ffmpeg is the ffmpeg process the app used before PyAV")
     parser.add_argument("--deca-data", type=Path, metavar="DIR",
                         help="DECA mode: time the FLAME + DECA path per stage on this DECA data folder")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write every figure here")
@@ -551,22 +715,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    ctx = create_context("egl")
+    ctx = create_context()
     pipeline, prepare = prepare_pipeline(args.identity, args.size, ctx)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         driver = Path(tmp) / "driver.mp4"
         clip = make_driver_clip(args.clip, driver, args.size, args.frames)
         log.info("driver clip: %s, %dx%d, %d frames", driver, *clip.size, clip.frames)
         try:
-            samples, stage_run = time_stages(pipeline, driver, clip.fps, Path(tmp) / "stages.mp4")
+            samples, stage_run, rendered = time_stages(pipeline, driver, clip.fps, Path(tmp) / "stages.mp4")
             machine = machine_facts(ctx, pipeline.renderer.options.antialias)
         finally:
             pipeline.close()
-        whole_runs = time_whole(args.identity, args.size, ctx, driver, Path(tmp) / "whole.mp4", args.repeat)
+        runs: dict[str, list[dict]] = {encoder: [] for encoder in available_encoders()}
+        for _ in range(args.repeat):  # interleaved, so that a change in the machine's load hits both encoders alike
+            for encoder, done in runs.items():
+                done += time_whole(args.identity, args.size, ctx, driver, Path(tmp) / "whole.mp4", 1, encoder)
+        whole = {encoder: {"encoder": encoder, "fps_median": float(np.median([r["fps"] for r in done])), "runs": done}
+                 for encoder, done in runs.items()}
+        encoders = time_encoders(rendered, clip.fps, Path(tmp), args.repeat)
 
     stages = {stage: asdict(summarise(values)) for stage, values in samples.items()}
     sequential_ms = sum(stats["median_ms"] for stats in stages.values())
-    whole_fps = float(np.median([r["fps"] for r in whole_runs]))
+    whole_fps = whole["pyav"]["fps_median"]
     return {
         "machine": machine,
         "clip": asdict(clip),
@@ -576,8 +746,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "stage_run": stage_run,
         "stages": stages,
         "sequential_estimate": {"ms_per_frame": sequential_ms, "fps": 1000 / sequential_ms},
-        "whole": {"fps_median": whole_fps, "runs": whole_runs},
+        "whole": whole["pyav"],
+        "whole_reference": whole.get("ffmpeg"),  # the same runs with the ffmpeg process, when there is an ffmpeg
         "whole_over_sequential": whole_fps / (1000 / sequential_ms),
+        "encoders": encoders,
     }
 
 
@@ -604,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("the tracker found a face in only %d of %d frames: the figures understate tracking work",
                     report["stage_run"]["frames_with_face"], report["stage_run"]["frames"])
     busy = [report["stage_run"]["other_cores"]] + [run["other_cores"] for run in report["whole"]["runs"]]
+    busy += [run["other_cores"] for run in (report["whole_reference"] or {}).get("runs", [])]
     if max((c for c in busy if c is not None), default=0.0) > BUSY_CORES:
         log.warning("other processes kept up to %.2f cores busy during the benchmark: the figures are disturbed, "
                     "run it again on a quiet machine", max(c for c in busy if c is not None))

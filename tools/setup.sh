@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Fresh-machine set-up, idempotent: system packages (headless EGL, ffmpeg, Xvfb), a virtual environment in .venv
-# with the app and its test tools, and the assets (from $RETARGET_ASSET_MIRROR, ../shared/assets, or upstream).
+# Fresh-machine set-up for Linux and CI, idempotent: system packages (headless EGL; Xvfb for the window tests; no
+# ffmpeg: H.264 comes with PyAV), a virtual environment in .venv with the app and its test tools, and the assets (from
+# $RETARGET_ASSET_MIRROR, ../shared/assets, or upstream).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1 ffmpeg xvfb xauth xdotool)
+SYSTEM_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1 xvfb xauth xdotool)
 missing=()
 for package in "${SYSTEM_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -31,4 +32,4 @@ fi
 if [ -z "${RETARGET_ASSET_MIRROR:-}" ] && [ -d ../shared/assets ]; then
   export RETARGET_ASSET_MIRROR=../shared/assets
 fi
-.venv/bin/python tools/fetch_assets.py
+.venv/bin/realtime-retarget --fetch-assets

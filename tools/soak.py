@@ -2,7 +2,7 @@
 
 A real clip is played as a webcam (looped at its own frame rate, so the capture is reopened at every loop) through the
 live loop of the embedded default pipeline into the real virtual camera code (a pyvirtualcam backend that notes when
-each frame arrives) and, unless --no-record, the real recorder (ffmpeg). Once a second a sampler notes the resident
+each frame arrives) and, unless --no-record, the real recorder (PyAV). Once a second a sampler notes the resident
 memory, the open file descriptors and the threads of this process (Linux /proc). At the end it prints, after the
 warm-up frames: the growth of each, the longest gap between two output frames and how many gaps exceeded the stall
 limit, and the recording's decoded frame count; then whether each figure is within its limit (exit 0) or not (exit 1).
@@ -115,7 +115,7 @@ class Sampler:
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
-    ctx = create_context("egl")
+    ctx = create_context()
     pipeline = RetargetPipeline.create(PipelineOptions(identity=args.identity, render=RenderOptions(size=args.size)),
                                        ctx)
     pyvirtualcam.register_backend(BACKEND, ArrivalCamera)
@@ -212,7 +212,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP,
                         help=f"driver clip, looped as a webcam (default {DEFAULT_CLIP})")
     parser.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="output size")
-    parser.add_argument("--no-record", action="store_true", help="do not record the output through ffmpeg")
+    parser.add_argument("--no-record", action="store_true", help="do not record the output")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write every figure and sample here")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)

@@ -49,7 +49,7 @@ from realtime.geometry.fitting import fit_weak_perspective, inter_ocular_distanc
 from realtime.geometry.normals import VertexNormals
 from realtime.head import GAZE_DEGREES, AvatarGeometry, AvatarPose, HeadOffset, blend, model_matrix
 from realtime.io.images import read_image
-from realtime.paths import PROJECT_ROOT, cache_dir
+from realtime.paths import cache_dir, engines_dir
 from realtime.rendering.photo_texture import bake_photo, face_region_mask
 from realtime.rendering.renderer import AvatarMesh, AvatarRenderer, RenderOptions, create_context
 from realtime.tracking.faces import find_identity_face
@@ -106,7 +106,7 @@ class DecaModel:
             if backend != "torch":
                 from realtime.deca.engines import load_engines
 
-                encoder = load_engines(data.folder, PROJECT_ROOT / "engines", backend)
+                encoder = load_engines(data.folder, engines_dir(), backend)
                 if encoder is None and backend != "auto":
                     raise UserError(f"no valid {backend} engines for {data.path('deca_model.tar')}: build them with "
                                     f"`python tools/build_engine.py --deca-data {data.folder}` or use --backend auto")

@@ -149,10 +149,8 @@ def save_identity(identity: Identity, entry: Path) -> None:
         np.savez(tmp / "identity.npz", vertices=identity.vertices, iris_color=identity.iris_color,
                  photo_expression=view.expression, photo_rotation=view.rotation, photo_scale=view.scale,
                  photo_translation=view.translation, photo_landmarks=view.landmarks)
-        if not cv2.imwrite(str(tmp / "person.png"), np.round(view.person * 255).astype(np.uint8)):
-            raise OSError("could not write person.png")
-        if not cv2.imwrite(str(tmp / "albedo.png"), identity.albedo[:, :, ::-1]):
-            raise OSError("could not write albedo.png")
+        write_png(tmp / "person.png", np.round(view.person * 255).astype(np.uint8))
+        write_png(tmp / "albedo.png", identity.albedo[:, :, ::-1])
         (tmp / "meta.json").write_text(json.dumps({"name": identity.name, "fit_error": identity.fit_error}))
         os.replace(tmp, entry)
     except OSError as err:
@@ -161,17 +159,29 @@ def save_identity(identity: Identity, entry: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Encoded in memory: cv2.imwrite cannot open a non-ASCII path on Windows (a user folder like C:/Users/José)."""
+    encoded, png = cv2.imencode(".png", image)
+    if not encoded:
+        raise OSError(f"could not encode {path.name}")
+    path.write_bytes(png.tobytes())
+
+
+def read_png(path: Path, flags: int) -> np.ndarray:
+    png = np.fromfile(path, np.uint8) if path.is_file() else np.zeros(0, np.uint8)
+    image = cv2.imdecode(png, flags) if png.size else None
+    if image is None:
+        raise ValueError(f"{path.name} unreadable")
+    return image
+
+
 def load_identity(entry: Path, name: str) -> Identity:
     with np.load(entry / "identity.npz", allow_pickle=False) as data:
         vertices, iris = data["vertices"], data["iris_color"]
         view = [data["photo_expression"], data["photo_rotation"], float(data["photo_scale"]),
                 data["photo_translation"], data["photo_landmarks"]]
-    person = cv2.imread(str(entry / "person.png"), cv2.IMREAD_GRAYSCALE)
-    if person is None:
-        raise ValueError("person.png unreadable")
-    albedo = cv2.imread(str(entry / "albedo.png"), cv2.IMREAD_COLOR)
-    if albedo is None:
-        raise ValueError("albedo.png unreadable")
+    person = read_png(entry / "person.png", cv2.IMREAD_GRAYSCALE)
+    albedo = read_png(entry / "albedo.png", cv2.IMREAD_COLOR)
     meta = json.loads((entry / "meta.json").read_text())
     log.info("using the prepared identity from %s", entry)
     photo_view = PhotoView(*view, person.astype(np.float32) / 255.0)

@@ -119,7 +119,7 @@ class IctModel:
         try:
             with np.load(path, allow_pickle=False) as data:
                 if int(data["format_version"]) != FORMAT_VERSION:
-                    raise UserError(f"{path} is from another version: run `python tools/fetch_assets.py --force`")
+                    raise UserError(f"{path} is from another version: run `realtime-retarget --fetch-assets --force`")
                 return cls(
                     neutral=data["neutral"],
                     identity_basis=data["identity_basis"],
@@ -135,7 +135,7 @@ class IctModel:
             if "pickle" in reason:  # numpy's own advice, to load it unsafely, is not for a model file
                 reason = "it holds pickled Python objects, which are never loaded"
             raise UserError(f"{path} is not a valid converted ICT model ({reason}): "
-                            "run `python tools/fetch_assets.py --force`") from err
+                            "run `realtime-retarget --fetch-assets --force`") from err
 
     @property
     def n_vertices(self) -> int:

@@ -27,7 +27,7 @@ from realtime.ict.photo_look import photo_look_renderer, photo_pose
 from realtime.ict.retarget import Retargeter, RetargetOptions
 from realtime.io.images import read_image
 from realtime.paths import cache_dir
-from realtime.rendering.renderer import AvatarRenderer, RenderOptions, create_context
+from realtime.rendering.renderer import OFFSCREEN, AvatarRenderer, RenderOptions, create_context
 from realtime.tracking.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class PipelineOptions:
     retarget: RetargetOptions = field(default_factory=RetargetOptions)
     background_image: Path | None = None
     use_cache: bool = True
-    gl_backend: str | None = "egl"
+    gl_backend: str | None = OFFSCREEN  # the platform's off-screen context (EGL on Linux), or a glcontext backend
     look: str = "head"  # "photo": the identity photo comes alive; "head": the head alone on a background
 
 

@@ -92,12 +92,33 @@ def opencv_quiet() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(previous)
 
 
+def camera_api() -> int:
+    """OpenCV's capture API for webcams on this platform: V4L2 on Linux (CAP_ANY would also try FFmpeg and Orbbec
+    sensors, each with its own error message), AVFoundation on macOS, DirectShow on Windows (opens at once, and lists
+    OBS Virtual Camera too; Media Foundation can take seconds per device)."""
+    if sys.platform.startswith("linux"):
+        return cv2.CAP_V4L2
+    return {"darwin": cv2.CAP_AVFOUNDATION, "win32": cv2.CAP_DSHOW}.get(sys.platform, cv2.CAP_ANY)
+
+
+def camera_advice() -> str:
+    """What to do when no camera can be opened, for this platform."""
+    if sys.platform == "darwin":
+        where = ("connect a webcam and allow camera access for this terminal (System Settings > Privacy & Security > "
+                 "Camera)")
+    elif sys.platform == "win32":
+        where = ("connect a webcam, let desktop apps use it (Settings > Privacy & security > Camera) and close other "
+                 "apps using it")
+    else:
+        where = "connect a webcam (it appears as /dev/videoN; your user needs the 'video' group)"
+    return f"{where}, or drive the avatar with --source CLIP.mp4"
+
+
 def open_device(source: int | str) -> cv2.VideoCapture:
     """The real device: ``cv2.VideoCapture`` with a backend suited to the source and timeouts on streams."""
     with opencv_quiet():
         if isinstance(source, int):
-            # V4L2 directly: CAP_ANY would also try FFmpeg and Orbbec sensors, each with its own error message.
-            return cv2.VideoCapture(source, cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY)
+            return cv2.VideoCapture(source, camera_api())
         timeouts = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             _STREAM_TIMEOUT_MS,
@@ -110,8 +131,9 @@ def open_device(source: int | str) -> cv2.VideoCapture:
 def list_cameras(max_index: int = 10) -> list[str]:
     """Human-readable lines, one per camera device, e.g. ``"0: /dev/video0 HD Webcam 640x480"``.
 
-    Linux: every ``/dev/videoN`` (UVC cameras also create metadata nodes, listed as not capturing). Elsewhere: indices
-    0, 1, ... probed with OpenCV up to the first that does not open, at most ``max_index``.
+    Linux: every ``/dev/videoN`` (UVC cameras also create metadata nodes, listed as not capturing). Windows and macOS
+    have no device files: indices 0, 1, ... probed with OpenCV (`camera_api`) up to the first that does not open, at
+    most ``max_index``.
     """
     if sys.platform.startswith("linux"):
         nodes = sorted(

@@ -1,9 +1,9 @@
 """Reading driver clips and writing retargeted clips.
 
 - ``open_video`` / ``VideoFileSource``: decode a file with OpenCV on a background thread, yield RGB ``Frame`` values.
-- ``ClipWriter``: encode RGB frames to H.264 through an ``ffmpeg`` subprocess (``cv2.VideoWriter`` mp4v when ffmpeg is
-  missing), atomically: the clip appears under its name only once it is finalised.
-- ``probe_video``: what ``ffprobe`` says about a file, with an exact decoded frame count.
+- ``ClipWriter``: encode RGB frames to H.264 with PyAV (FFmpeg's libraries and libx264, bundled in the ``av`` wheels:
+  no ffmpeg program needed) on a writer thread, atomically: the clip appears under its name only once it is finalised.
+- ``probe_video``: codec, size, rate and an exact decoded frame count, with PyAV.
 - ``next_free_path`` and ``interrupt_on_sigterm``: small helpers for the live app's recorder.
 
 A ``ClipWriter`` used as a context manager finalises on any exception, Ctrl-C included: someone who interrupts a
@@ -14,7 +14,7 @@ Ctrl-C while finalising, a clip with no frames, or when it is garbage-collected 
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import logging
 import math
 import os
@@ -22,8 +22,6 @@ import queue
 import secrets
 import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
@@ -31,10 +29,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
+import av
 import cv2
 import numpy as np
+from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 
 from realtime.errors import UserError
 from realtime.io.capture import FILE_PROTOCOL, opencv_quiet
@@ -209,6 +208,9 @@ def open_video(path: Path) -> VideoFileSource:
 # Writing
 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+_ENCODER = "libx264"  # in PyAV's wheels on every platform: H.264 needs no ffmpeg program
+_ENCODER_OPTIONS = {"preset": "veryfast", "crf": "18"}
+_ENCODE_QUEUE_FRAMES = 8  # frames waiting for the writer thread; a slower encoder makes write() wait (8 x 1080p: 50 MB)
 
 
 def next_free_path(path: Path) -> Path:
@@ -222,150 +224,130 @@ def next_free_path(path: Path) -> Path:
 
 
 def _rational(fps: float | Fraction) -> Fraction:
-    # 29.97002997... -> 30000/1001: ffmpeg then stamps exact NTSC timestamps instead of a rounded float rate.
+    # 29.97002997... -> 30000/1001: exact NTSC timestamps instead of a rounded float rate.
     return Fraction(fps).limit_denominator(1001)
 
 
-class _FfmpegEncoder:
-    """H.264 via an ffmpeg child fed raw RGB on stdin."""
+def _encoder_error(err: BaseException, path: Path) -> UserError:
+    """The one-line message for an encoder or muxer failure while writing ``path``."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"the disk holding {path.parent} is full: free some space ({err.strerror})")
+    reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return UserError(f"the video encoder stopped while writing {path}: {reason}")
+
+
+class _Encoder:
+    """H.264 with PyAV on a writer thread of its own.
+
+    ``write`` hands over a copy of the frame (padded to even dimensions, as yuv420p needs) and returns; the thread
+    converts it to BT.709 yuv420p, encodes and muxes it. PyAV releases the GIL in the conversion and in the encoder,
+    and libx264 runs its own threads, so the caller's thread pays only for the copy. A failure on the thread is kept
+    and raised, as a ``UserError``, by the next ``write`` or by ``finish``.
+    """
 
     def __init__(
-        self, ffmpeg: str, out: Path, fps: float | Fraction, size: tuple[int, int], container: str, fragmented: bool
+        self, out: Path, label: Path, fps: float | Fraction, size: tuple[int, int], container: str, fragmented: bool
     ) -> None:
         width, height = size
+        self._pad = ((0, height % 2), (0, width % 2), (0, 0))
+        self._label = label
         rate = _rational(fps)
-        cmd = [
-            ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-            "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "pipe:0",
-            "-an",
-            # yuv420p needs even dimensions; tag BT.709 so players do not guess the colour matrix.
-            "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2,scale=out_color_matrix=bt709:out_range=tv,format=yuv420p",
-            "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
-            "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv",
-            "-fps_mode", "passthrough",  # one output frame per input frame: no drops, no duplicates
-        ]  # fmt: skip
-        if container in ("mp4", "mov") and fragmented:
-            # a self-contained fragment per second (one key frame each): a clip cut short by a full disk or a crash
-            # still plays up to its last complete fragment
-            cmd += ["-g", str(max(1, round(rate))), "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
-                    "-flush_packets", "1"]  # each fragment reaches the disk when it is complete, not 32 kB later
-        elif container in ("mp4", "mov"):
-            cmd += ["-movflags", "+faststart"]
-        # "file:" keeps ffmpeg from reading a protocol ("a:b/clip.mp4") or an option ("-clip.mp4") into the name
-        cmd += ["-f", container, f"{FILE_PROTOCOL}{out}"]
-        # stderr goes to a file: a pipe nobody reads could fill up and deadlock ffmpeg and us.
-        self.frames = 0
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()
-        log.debug("starting %s", cmd)
-        # A new session keeps the terminal's Ctrl-C away from ffmpeg, so we can still close stdin and finalise.
-        self._proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-            bufsize=0,  # frames go straight to the pipe, nothing lingers in a Python buffer
-            start_new_session=True,
-        )
-
-    def write(self, image: np.ndarray) -> None:
-        assert self._proc.stdin is not None
-        data = memoryview(image).cast("B")
+        options = {}
+        if container in ("mp4", "mov"):
+            # fragmented: a self-contained fragment per second (one key frame each), flushed to the disk when it is
+            # complete, so a clip cut short by a full disk or a crash still plays up to its last whole fragment
+            options = ({"movflags": "+frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+                       if fragmented else {"movflags": "+faststart"})
+        if _ENCODER not in av.codecs_available:
+            raise UserError(f"this PyAV build has no {_ENCODER} (H.264) encoder: reinstall it from PyPI with "
+                            "`pip install --force-reinstall av`")
         try:
-            sent = 0
-            while sent < len(data):
-                sent += os.write(self._proc.stdin.fileno(), data[sent:])
-        except (BrokenPipeError, ValueError) as exc:  # ValueError: stdin already closed
-            message = self._last_error()
-            self.kill()
-            if "No space left on device" in message:
-                message = f"the disk is full, free some space ({message})"
-            raise UserError(f"ffmpeg stopped while writing the clip: {message}") from exc
-        self.frames += 1
+            # "file:" keeps FFmpeg from reading a protocol ("a:b/clip.mp4") into the name
+            self._container = av.open(f"{FILE_PROTOCOL}{out}", mode="w", format=container, options=options)
+        except av.error.FFmpegError as err:
+            raise _encoder_error(err, label) from err
+        try:
+            stream = self._container.add_stream(_ENCODER, rate=rate, options=_ENCODER_OPTIONS)
+            stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+            codec = stream.codec_context
+            # tag BT.709 so players do not guess the colour matrix
+            codec.colorspace, codec.color_range = Colorspace.ITU709, ColorRange.MPEG
+            codec.color_primaries, codec.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
+            # frame threads, as the ffmpeg program has them (with PyAV's default, slices, x264 is slower, files larger)
+            codec.thread_type = "FRAME"
+            if fragmented:
+                codec.gop_size = max(1, round(rate))
+        except BaseException:
+            self._container.close()  # Windows cannot delete a file that is still open
+            raise
+        self._stream = stream
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=_ENCODE_QUEUE_FRAMES)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self.frames = 0  # frames handed over
+        self.encoded = 0  # frames encoded: the count that matters once finish() returned
+        self._thread = threading.Thread(target=self._run, name=f"encode:{label.name}", daemon=True)
+        self._thread.start()
 
-    def finish(self) -> None:
-        assert self._proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self._proc.stdin.close()
-        code = self._proc.wait()
-        if code != 0:
-            message = self._last_error()
-            self._stderr.close()
-            raise UserError(f"ffmpeg could not finish the clip (exit code {code}): {message}")
-        self._stderr.close()
+    def _run(self) -> None:
+        container, stream = self._container, self._stream
+        try:
+            while (image := self._queue.get()) is not None and not self._stop.is_set():
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(
+                    format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
+                )
+                frame.pts = self.encoded
+                container.mux(stream.encode(frame))
+                self.encoded += 1
+            if not self._stop.is_set():
+                container.mux(stream.encode(None))  # the frames libx264 still holds
+        except BaseException as err:  # kept for the caller's thread, which raises it
+            self._error = err
+        finally:
+            try:
+                container.close()  # writes the index (or the last fragment) unless a write failed before
+            except BaseException as err:
+                self._error = self._error or err
+            self._stop.set()
+            with contextlib.suppress(queue.Empty):  # a write() waiting for room gives up at its next look
+                while True:
+                    self._queue.get_nowait()
 
-    def kill(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-        with contextlib.suppress(BrokenPipeError, OSError):
-            if self._proc.stdin is not None:
-                self._proc.stdin.close()
-        self._proc.wait()
-        self._stderr.close()
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise _encoder_error(self._error, self._label) from self._error
 
-    def _last_error(self) -> str:
-        with contextlib.suppress(OSError, ValueError):
-            self._proc.wait(timeout=5)
-            self._stderr.seek(0)
-            lines = [line.strip() for line in self._stderr.read().decode(errors="replace").splitlines()]
-            lines = [line for line in lines if line]
-            if lines:
-                return lines[-1]
-        return "no error message (check disk space and the output path)"
-
-
-class _OpenCVEncoder:
-    """mp4v via cv2.VideoWriter: larger files and less compatible than H.264, but needs no ffmpeg."""
-
-    def __init__(self, out: Path, fps: float | Fraction, size: tuple[int, int]) -> None:
-        width, height = size
-        self._pad = (height % 2, width % 2)  # same even padding as the ffmpeg path, so sizes match either way
-        even = (width + self._pad[1], height + self._pad[0])
-        self.frames = 0
-        self._writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), even)
-        if not self._writer.isOpened():
-            raise UserError(f"OpenCV could not open {out} for writing: install ffmpeg or choose another folder")
+    def _put(self, item: np.ndarray | None) -> None:
+        while True:
+            self._raise_failure()
+            if self._stop.is_set():
+                raise UserError(f"the video encoder for {self._label} has stopped")
+            try:
+                self._queue.put(item, timeout=_PUT_POLL_S)
+                return
+            except queue.Full:
+                continue
 
     def write(self, image: np.ndarray) -> None:
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        if any(self._pad):
-            bgr = cv2.copyMakeBorder(bgr, 0, self._pad[0], 0, self._pad[1], cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        self._writer.write(bgr)
+        self._put(np.pad(image, self._pad) if any(self._pad[0] + self._pad[1]) else image.copy())
         self.frames += 1
 
     def finish(self) -> None:
-        self._writer.release()
+        """Encode what is queued, write the index and close the file; a UserError if anything failed."""
+        self._put(None)
+        self._thread.join()
+        self._raise_failure()
 
     def kill(self) -> None:
-        self._writer.release()
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends; a second one gets through at once.
-
-    Ctrl-C mostly lands while we are blocked writing to a full pipe. Raised there, it would leave half a frame in
-    ffmpeg's input and an unknown count of bytes sent, so the frame is completed first and the signal delivered after.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Python runs signal handlers on the main thread only: nothing can interrupt this thread
-        return
-    pending: list[int] = []
-
-    def hold(signum: int, frame: object) -> None:
-        if pending:  # asked twice: the user does not want to wait for this frame
-            pending.clear()
-            raise KeyboardInterrupt
-        pending.append(signum)
-
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        for sig in pending:
-            signal.raise_signal(sig)  # to the handler that was in place: KeyboardInterrupt, or the default action
+        """Stop at once and close the file (its content is not wanted). Safe to call more than once."""
+        self._stop.set()
+        with contextlib.suppress(queue.Empty, queue.Full):
+            while True:
+                self._queue.get_nowait()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # wakes a thread waiting for a frame
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
 
 def _reserve_partial(path: Path) -> Path:
@@ -380,12 +362,12 @@ def _reserve_partial(path: Path) -> Path:
 
 
 class ClipWriter:
-    """Write RGB uint8 frames of one size to a video file, atomically.
+    """Write RGB uint8 frames of one size to an H.264 video file (PyAV), atomically.
 
     Frames go to a hidden ``.<stem>.<random>.partial<suffix>`` file beside ``path``, renamed to ``path`` by
     ``close()``. ``abort()``, an encoder failure or a clip with no frames leave no file behind. As a context manager
     the clip is finalised on exit whatever happened, Ctrl-C included; a second Ctrl-C while finalising gives up and
-    discards the clip.
+    discards the clip. Encoding runs on a writer thread, so ``write`` returns once the frame is handed over.
 
     ``fragmented=True`` (the live recorder) writes an MP4/MOV in one-second fragments, MKV as it is: when the encoder
     fails mid-clip (the disk is full), the part written so far plays, so it is moved into place instead of deleted,
@@ -415,16 +397,9 @@ class ClipWriter:
             raise ValueError(f"size must be positive (width, height), got {size!r}")
 
         self._tmp = _reserve_partial(self.path)
-        self._encoder: _FfmpegEncoder | _OpenCVEncoder | None = None
+        self._encoder: _Encoder | None = None
         try:
-            ffmpeg = shutil.which("ffmpeg")
-            if ffmpeg is not None:
-                self._encoder = _FfmpegEncoder(ffmpeg, self._tmp, fps, self.size, container, fragmented)
-            else:
-                log.warning(
-                    "ffmpeg not found on PATH: writing %s as mp4v with OpenCV (install ffmpeg for H.264)", self.path
-                )
-                self._encoder = _OpenCVEncoder(self._tmp, fps, self.size)
+            self._encoder = _Encoder(self._tmp, self.path, fps, self.size, container, fragmented)
         except BaseException:
             self._tmp.unlink(missing_ok=True)
             raise
@@ -446,22 +421,20 @@ class ClipWriter:
         try:
             if encoder.frames % _SPACE_CHECK_FRAMES == 0:
                 self._check_free_space()
-            with _signals_deferred():
-                encoder.write(np.ascontiguousarray(image))
+            encoder.write(image)
         except UserError as err:
             self._salvage_or_discard(err)
         finally:
             self.frames_written = encoder.frames
 
     def _check_free_space(self) -> None:
-        # ffmpeg does not always fail when its writes do (buffered output on a full disk can end with exit code 0
-        # and a cut file), so the disk is watched here: stop while what was written is still whole.
+        # A write that fails half-way can cut a fragment, so the disk is watched here: stop while what was written is
+        # still whole. shutil.disk_usage works on every platform (os.statvfs is POSIX only).
         with contextlib.suppress(OSError):
-            disk = os.statvfs(self._tmp.parent)
-            free, total = disk.f_bavail * disk.f_frsize, disk.f_blocks * disk.f_frsize
-            if free < min(_MIN_FREE_BYTES, total // 100 + 1):
+            usage = shutil.disk_usage(self._tmp.parent)
+            if usage.free < min(_MIN_FREE_BYTES, usage.total // 100 + 1):
                 raise UserError(
-                    f"the disk holding {self.path.parent} is full ({free // 1024} kB left): free some space"
+                    f"the disk holding {self.path.parent} is full ({usage.free // 1024} kB left): free some space"
                 )
 
     def close(self) -> Path | None:
@@ -475,9 +448,11 @@ class ClipWriter:
             return None
         try:
             encoder.finish()
-        except UserError as err:  # ffmpeg failed at the end (the disk filled up while it flushed)
+            # exact even when Ctrl-C landed between handing a frame over and counting it
+            self.frames_written = encoder.encoded
+        except UserError as err:  # the encoder failed at the end (the disk filled up while it flushed)
             self._salvage_or_discard(err)
-        except BaseException:  # a second Ctrl-C while waiting for ffmpeg
+        except BaseException:  # a second Ctrl-C while waiting for the encoder
             self._discard()
             raise
         self._encoder = None
@@ -539,7 +514,7 @@ class VideoInfo:
     width: int
     height: int
     frame_rate: Fraction
-    frame_count: int  # frames actually decoded by ffprobe, not the container's claim
+    frame_count: int  # frames actually decoded, not the container's claim
 
     @property
     def fps(self) -> float:
@@ -547,42 +522,46 @@ class VideoInfo:
 
 
 def probe_video(path: Path) -> VideoInfo:
-    """Describe the first video stream of ``path`` with ``ffprobe`` (decodes the whole stream to count frames)."""
+    """Describe the first video stream of ``path`` (PyAV; decodes the whole stream to count its frames).
+
+    Damaged packets (the cut end of a recording) are skipped, as ffprobe does; they are not counted.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"Video {path} not found: check the path")
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:
-        raise UserError("ffprobe not found on PATH: install ffmpeg (e.g. apt-get install ffmpeg)")
-    cmd = [
-        ffprobe, "-v", "error", "-select_streams", "v:0", "-count_frames",
-        "-show_entries", "stream=codec_name,width,height,r_frame_rate,avg_frame_rate,nb_read_frames",
-        "-of", "json", f"{FILE_PROTOCOL}{path}",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    streams = json.loads(result.stdout or "{}").get("streams") if result.returncode == 0 else None
-    if not streams:
-        reason = (result.stderr.strip().splitlines() or ["no video stream"])[-1]
-        raise UserError(f"Video {path} could not be read as a video: {reason}")
-    stream = streams[0]
-    rate = Fraction(0)
-    for key in ("avg_frame_rate", "r_frame_rate"):
-        with contextlib.suppress(ValueError, ZeroDivisionError):
-            rate = Fraction(stream.get(key, "0/0"))
-        if rate > 0:
-            break
-    return VideoInfo(
-        codec=stream.get("codec_name", "unknown"),
-        width=int(stream.get("width", 0)),
-        height=int(stream.get("height", 0)),
-        frame_rate=rate,
-        frame_count=int(stream.get("nb_read_frames", 0) or 0),
-    )
+    try:
+        container = av.open(f"{FILE_PROTOCOL}{path}")
+    except av.error.FFmpegError as err:
+        raise UserError(f"Video {path} could not be read as a video: {err.strerror or err}") from err
+    with container:
+        if not container.streams.video:
+            raise UserError(f"Video {path} could not be read as a video: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = 0
+        with contextlib.suppress(av.error.FFmpegError):  # a read error ends the stream where it is
+            for packet in container.demux(stream):
+                with contextlib.suppress(av.error.InvalidDataError):
+                    frames += len(packet.decode())
+        return VideoInfo(
+            codec=stream.codec_context.name,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            frame_rate=Fraction(stream.average_rate or stream.guessed_rate or 0),
+            frame_count=frames,
+        )
+
+
+def _termination_signals() -> tuple[int, ...]:
+    """The signals that ask this process to end besides Ctrl-C: SIGTERM where the platform delivers it (POSIX; Windows
+    defines it but never sends it to another process), and SIGBREAK (Ctrl-Break) on Windows."""
+    return tuple(getattr(signal, name) for name in ("SIGTERM", "SIGBREAK") if hasattr(signal, name))
 
 
 @contextlib.contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``KeyboardInterrupt`` like Ctrl-C does, so ``with`` blocks finalise.
+    """Within the block, SIGTERM (and Ctrl-Break on Windows) raise ``KeyboardInterrupt`` like Ctrl-C does, so ``with``
+    blocks finalise.
 
     Only the main thread can install signal handlers; elsewhere this does nothing.
     """
@@ -594,8 +573,9 @@ def interrupt_on_sigterm() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in _termination_signals()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)

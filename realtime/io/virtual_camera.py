@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
+import sys
 import threading
 from types import TracebackType
 
@@ -26,11 +26,12 @@ log = logging.getLogger(__name__)
 CARD_LABEL = "Retarget Camera"
 MODPROBE_LINE = f'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="{CARD_LABEL}" exclusive_caps=1'
 NO_VCAM_FLAG = "--no-vcam"
+SYSTEMS = {"win32": "Windows", "darwin": "Darwin"}  # sys.platform -> platform.system()
 
 
 def install_advice(system: str | None = None) -> str:
-    """How to get a virtual camera on ``system`` (``platform.system()`` by default), as one paragraph."""
-    system = system or platform.system()
+    """How to get a virtual camera on ``system`` ("Linux", "Windows", "Darwin"; this one by default), one paragraph."""
+    system = system or SYSTEMS.get(sys.platform, "Linux" if sys.platform.startswith("linux") else sys.platform)
     if system == "Linux":
         how = (
             "To stream the avatar to Zoom/Meet/OBS on Linux, create a v4l2loopback virtual camera: "

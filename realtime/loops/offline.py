@@ -2,7 +2,8 @@
 
 Four stages overlap: decoding (the video source's thread), tracking (a worker thread; MediaPipe, and DECA's encoder on
 that path, release the GIL), retargeting and posing the mesh (another worker, in frame order; numpy, and DECA's
-detail decoder) and drawing on this thread, which owns the GL context; ffmpeg encodes in its own process.
+detail decoder) and drawing on this thread, which owns the GL context; the clip writer encodes on its own thread
+(PyAV and libx264's threads).
 """
 
 import logging

@@ -1,6 +1,7 @@
 """ModernGL rendering of the avatar: an off-screen (EGL) or window context, anti-aliased, depth-tested, softly lit."""
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,20 +16,31 @@ log = logging.getLogger(__name__)
 GL_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1"
 ANTIALIAS_MODES = ("fxaa", "msaa", "none")
 LIGHTING_MODES = ("soft", "sh", "shape", "photo")
+OFFSCREEN = "offscreen"  # create_context's default: the platform's own off-screen context, see offscreen_backend
 
 
-def create_context(backend: str | None = "egl") -> moderngl.Context:
-    """A standalone OpenGL 3.3+ context (headless EGL by default); a clear error naming the system packages."""
+def offscreen_backend() -> str | None:
+    """The glcontext backend for an off-screen context here: EGL on Linux (headless, no X server needed), None
+    elsewhere: glcontext's standalone context of the platform (WGL on Windows, CGL on macOS; they have no EGL)."""
+    return "egl" if sys.platform.startswith("linux") else None
+
+
+def create_context(backend: str | None = OFFSCREEN) -> moderngl.Context:
+    """A standalone OpenGL 3.3+ context (the platform's off-screen one by default); a clear error saying what to do."""
+    if backend == OFFSCREEN:
+        backend = offscreen_backend()
     try:
         if backend is None:
             return moderngl.create_standalone_context(require=330)
         return moderngl.create_standalone_context(require=330, backend=backend)
     except Exception as err:  # glcontext raises plain Exceptions for a missing libEGL or driver
         reason = " ".join(str(err).split()) or type(err).__name__
-        raise UserError(
-            f"could not create an OpenGL 3.3 context ({backend or 'default'}: {reason}): the OpenGL/EGL system "
-            f"libraries are missing or unusable; on Debian/Ubuntu install them with `apt-get install {GL_PACKAGES}`"
-        ) from err
+        if sys.platform.startswith("linux"):
+            fix = (f"the OpenGL/EGL system libraries are missing or unusable; on Debian/Ubuntu install them with "
+                   f"`apt-get install {GL_PACKAGES}`")
+        else:
+            fix = "the graphics driver offers no OpenGL 3.3: update it (on Windows, from the GPU maker's site)"
+        raise UserError(f"could not create an OpenGL 3.3 context ({backend or 'default'}: {reason}): {fix}") from err
 
 
 def load_program(ctx: moderngl.Context, name: str) -> moderngl.Program:

@@ -104,7 +104,7 @@ class FaceTracker:
 
             model_path = assets.face_landmarker_path()
         if not Path(model_path).is_file():
-            raise UserError(f"face landmarker model {model_path} not found: run `python tools/fetch_assets.py`")
+            raise UserError(f"face landmarker model {model_path} not found: run `realtime-retarget --fetch-assets`")
         mode = vision.RunningMode.VIDEO if options.running_mode is RunningMode.VIDEO else vision.RunningMode.IMAGE
         mp_options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(model_path)),
@@ -120,7 +120,9 @@ class FaceTracker:
             with native_stderr_silenced(not log.isEnabledFor(logging.DEBUG)):
                 landmarker = vision.FaceLandmarker.create_from_options(mp_options)
         except (RuntimeError, ValueError) as err:
-            raise UserError(f"could not load {model_path} ({err}): run `python tools/fetch_assets.py --force`") from err
+            raise UserError(
+                f"could not load {model_path} ({err}): run `realtime-retarget --fetch-assets --force`"
+            ) from err
         return cls(options, landmarker)
 
     def track(self, rgb: np.ndarray, timestamp: float = 0.0) -> FaceObservation | None:
