@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from realtime.tracker import BLENDSHAPE_NAMES, FaceTracker, FaceTrackerOptions
 from realtime.video_io import open_video, probe_video
-from tests.conftest import PROJECT, media
+from tests.conftest import HANG_S, PROJECT, media, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -93,12 +92,15 @@ def test_ctrl_c_finalises_a_playable_clip(assets, tmp_path) -> None:
          "--source", str(media("pyfeat_face_noface.mov")), "--record", str(out), "--no-window", "--no-vcam"],
         cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(p.name.startswith(".interrupted") for p in tmp_path.iterdir()):
-        time.sleep(0.1)
-    time.sleep(1.5)  # some frames into the clip
+
+    def encoded() -> int:
+        """Bytes of the clip being written: beyond its headers once ffmpeg has flushed encoded frames into it."""
+        return max((p.stat().st_size for p in tmp_path.glob(".interrupted.*")), default=0)
+
+    # interrupted some frames into the clip: once encoded frames are on disk, however long that took
+    wait_until(lambda: encoded() > 4096 or process.poll() is not None, "encoded frames in the clip being written")
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=HANG_S)
     assert process.returncode == 130, stderr
     info = probe_video(out)
     assert 0 < info.frame_count < 169
