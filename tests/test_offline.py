@@ -1,9 +1,11 @@
 """The README's main job, as a user runs it: `run.py` retargets a real clip offline into a playable H.264 file."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -90,18 +92,28 @@ def test_ctrl_c_finalises_a_playable_clip(assets, tmp_path) -> None:
     process = subprocess.Popen(
         [sys.executable, str(PROJECT / "run.py"), "--identity", str(media("skimage_astronaut.png")),
          "--source", str(media("pyfeat_face_noface.mov")), "--record", str(out), "--no-window", "--no-vcam"],
-        cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
+    stderr = bytearray()
 
-    def encoded() -> int:
-        """Bytes of the clip being written: beyond its headers once ffmpeg has flushed encoded frames into it."""
-        return max((p.stat().st_size for p in tmp_path.glob(".interrupted.*")), default=0)
+    def read_stderr() -> None:
+        while chunk := os.read(process.stderr.fileno(), 65536):
+            stderr.extend(chunk)
 
-    # interrupted some frames into the clip: once encoded frames are on disk, however long that took
-    wait_until(lambda: encoded() > 4096 or process.poll() is not None, "encoded frames in the clip being written")
+    def frames_done() -> int:
+        """The progress bar's count of frames rendered and written (it redraws itself with a carriage return)."""
+        counts = re.findall(rb" (\d+)/169 ", bytes(stderr))
+        return int(counts[-1]) if counts else 0
+
+    reader = threading.Thread(target=read_stderr, name="stderr-reader")
+    reader.start()
+    # interrupted some frames into the clip: once the progress bar shows frames written, however long that took
+    wait_until(lambda: frames_done() > 0 or process.poll() is not None, "the first frames written")
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=HANG_S)
-    assert process.returncode == 130, stderr
+    process.wait(timeout=HANG_S)
+    reader.join(timeout=HANG_S)
+    log = stderr.decode(errors="replace")
+    assert process.returncode == 130, log
     info = probe_video(out)
     assert 0 < info.frame_count < 169
     assert [p.name for p in tmp_path.iterdir()] == ["interrupted.mp4"]
