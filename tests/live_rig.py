@@ -6,6 +6,10 @@ delivers the next frame of a real clip only when the test releases it. Stepped f
 capture's slot before the loop asks for it, so which frames the loop gets, and whether it ever has to repeat one, is
 the same on a fast, slow or busy machine.
 
+Where what the loop computes depends on the time between frames (smoothing, easing), ``camera_clock`` also gives the
+capture the camera's own clock, which runs one frame period per frame delivered: a paced fake clock, so that every
+frame is drawn ``1 / fps`` after the one before, whatever the machine's speed.
+
 ``live_outputs`` lines up what the loop recorded (``LiveStats``) with what the virtual camera received, and
 ``assert_newest_frame_wins`` checks the latency of every new output against the loop's own pace in the same run.
 """
@@ -13,6 +17,7 @@ the same on a fast, slow or busy machine.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +32,11 @@ class SteppedCamera:
     frames; until then a read waits, as a real camera's read waits for the next exposure. The first frame is allowed:
     the capture reads it when it opens the device. While unplugged, reads and opens fail and the capture reconnects.
     Enter it after the capture (``with Capture... as capture, camera:``): leaving it wakes a read still waiting, so
-    that the capture can be closed."""
+    that the capture can be closed. It reports ``fps`` (default: the clip's own rate) as the camera's rate."""
 
-    def __init__(self, clip: Path, fps: float = 30.0) -> None:
+    def __init__(self, clip: Path, fps: float | None = None) -> None:
         video = cv2.VideoCapture(str(clip))
+        fps = fps or video.get(cv2.CAP_PROP_FPS) or 30.0
         self.frames: list[np.ndarray] = []
         while True:
             ok, image = video.read()
@@ -40,6 +46,7 @@ class SteppedCamera:
         video.release()
         assert self.frames, f"no frames in {clip}"
         self.fps = fps
+        self.start = time.monotonic()
         self.released = 1
         self.delivered = 0
         self.plugged = True
@@ -59,6 +66,10 @@ class SteppedCamera:
             self.released = min(self.released + count, len(self.frames))
             self._changed.notify_all()
             return self.released
+
+    def clock(self) -> float:
+        """The camera's own clock: when its latest frame was exposed, one frame period after the one before."""
+        return self.start + max(self.delivered - 1, 0) / self.fps
 
     def unplug(self) -> None:
         with self._changed:
@@ -111,6 +122,29 @@ class _SteppedDevice:
 
     def get(self, prop: int) -> float:
         return self.camera.fps if prop == cv2.CAP_PROP_FPS else 0.0
+
+
+class CameraTime:
+    """The ``time`` module as ``realtime.capture`` sees it under ``camera_clock``: ``monotonic()`` is the camera's
+    clock, so each frame is stamped with its exposure time on it; everything else is the real ``time``."""
+
+    def __init__(self, camera: SteppedCamera) -> None:
+        self._camera = camera
+
+    def monotonic(self) -> float:
+        return self._camera.clock()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def camera_clock(monkeypatch, camera: SteppedCamera) -> None:
+    """Until the test ends, the capture stamps frames with ``camera``'s clock (a paced fake clock) instead of the wall
+    clock: the time between two camera frames is one frame period however long the machine took for them. The live
+    loop keeps the wall clock (its latencies are then against the camera's clock, and mean nothing)."""
+    import realtime.capture
+
+    monkeypatch.setattr(realtime.capture, "time", CameraTime(camera))
 
 
 def step(camera: SteppedCamera, capture, count: int = 1) -> None:

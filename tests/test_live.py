@@ -2,9 +2,9 @@
 pyvirtualcam backend stands in for the v4l2loopback device) and a real recorder.
 
 Nothing here depends on the machine's speed. Where a test needs to know which camera frames the loop gets, the camera
-waits for the consumer (``tests.live_rig.SteppedCamera``); clips played at their real frame rate are judged by what
-holds however many frames a machine keeps up with; latencies are compared with the loop's own pace in the same run.
-How fast a machine runs the loop is for tools/bench.py --live to report."""
+waits for the consumer (``tests.live_rig.SteppedCamera``); where the avatar's smoothing and easing matter, the capture
+also runs on the camera's own clock (a paced fake clock); latencies are compared with the loop's own pace in the same
+run, not with a constant. How fast a machine runs the loop is for tools/bench.py --live to report."""
 
 import contextlib
 import logging
@@ -27,9 +27,9 @@ from realtime.video_io import open_video, probe_video
 from realtime.virtual_camera import VirtualCamera
 from tests.conftest import HANG_S, PROJECT, media, wait_until
 from tests.live_rig import (
-    Output,
     SteppedCamera,
     assert_newest_frame_wins,
+    camera_clock,
     live_outputs,
     step,
     step_after_each_new_frame,
@@ -154,49 +154,42 @@ def test_the_newest_camera_frame_wins(pipeline, watching_camera):
     assert captured == 71 and dropped == 35, "every other camera frame skipped, not queued"
 
 
-def play_as_webcam(pipeline, watching_camera, clip: str) -> tuple[object, list[Output], list[np.ndarray], float]:
-    """The clip through the live loop at its real frame rate: the stats, the output frames, their images, the rate."""
-    with Capture.create_from_options(CaptureOptions(source=str(media(clip)))) as capture:
-        camera = watching_camera((640, 480), capture.fps)
-        loop = LiveLoop(fresh(pipeline), capture, camera, None, LiveOptions())
+def play_as_webcam(pipeline, watching_camera, monkeypatch, clip: str) -> tuple[object, list[np.ndarray]]:
+    """Every frame of the clip through the live loop, each one frame period of the camera's clock after the one before
+    (a camera that waits for the consumer, with a paced fake clock), so that the avatar's smoothing and easing see the
+    same times on any machine: the stats and every frame the virtual camera received."""
+    camera = SteppedCamera(media(clip))
+    camera_clock(monkeypatch, camera)
+    with Capture.create_from_options(CaptureOptions(source="0"), open_device=camera.open) as capture, camera:
+        vcam = watching_camera((640, 480), capture.fps)
+        loop = LiveLoop(fresh(pipeline), capture, vcam, None, LiveOptions(max_frames=len(camera.frames)))
         device = LoopWatchingBackend.last()
-        device.watch(loop.stats)
+        device.watch(loop.stats, step_after_each_new_frame(camera, capture))
+        wait_until(lambda: capture.frames_captured >= 1, "the first camera frame")
         stats = loop.run()
-        camera.close()
-    return stats, live_outputs(stats, device), [frame.image.astype(int) for frame in device.frames], capture.fps
+        vcam.close()
+    live_outputs(stats, device)
+    assert stats.frames_rendered == len(camera.frames), "every camera frame drawn once"
+    return stats, [frame.image.astype(np.int16) for frame in device.frames]  # differences fit: 0-255 apart
 
 
-def steps_per_camera_frame(outputs: list[Output], frames: list[np.ndarray], fps: float) -> list[float]:
-    """How far each new output frame moved from the one before, per frame period of the driver's time between their
-    two camera frames. A machine that keeps up draws every camera frame (one period apart); a slower or busier one
-    skips some, and the avatar rightly moves further between the frames it draws: the same motion, fewer steps."""
-    steps, previous = [], None
-    for index, output in enumerate(outputs):
-        if not output.new:
-            continue  # the last frame again (checked by live_outputs)
-        captured = output.time - output.age
-        if previous is not None:
-            periods = max(1.0, (captured - previous[1]) * fps)
-            steps.append(np.abs(frames[index] - frames[previous[0]]).mean() / periods)
-        previous = (index, captured)
-    return steps
-
-
-def test_face_lost_eases_to_neutral_and_face_found_picks_up_smoothly(pipeline, watching_camera):
-    stats, outputs, frames, fps = play_as_webcam(pipeline, watching_camera, "pyfeat_face_noface.mov")  # face, cartoon
+def test_face_lost_eases_to_neutral_and_face_found_picks_up_smoothly(pipeline, watching_camera, monkeypatch):
+    stats, frames = play_as_webcam(pipeline, watching_camera, monkeypatch, "pyfeat_face_noface.mov")  # face, cartoon
     assert 0 < stats.frames_with_face < stats.frames_rendered
     neutral = neutral_image(pipeline)
     # (MediaPipe sees a face in the cartoon for a frame near the end: a blip, not the end of the ease)
     distance = min(np.abs(frame - neutral).mean() for frame in frames[len(frames) // 2 :])
     assert distance < 1.0, "back to the neutral face once the face is gone"
-    assert max(steps_per_camera_frame(outputs, frames, fps)) < 6.0, "no jump: each frame close to the one before"
+    steps = [np.abs(b - a).mean() for a, b in zip(frames, frames[1:], strict=False)]
+    assert max(steps) < 6.0, "no jump: every output frame is close to the one before"
 
 
-def test_a_face_that_appears_is_picked_up_smoothly(pipeline, watching_camera):
-    stats, outputs, frames, fps = play_as_webcam(pipeline, watching_camera, "pyfeat_noface_face.mov")  # cartoon, face
+def test_a_face_that_appears_is_picked_up_smoothly(pipeline, watching_camera, monkeypatch):
+    stats, frames = play_as_webcam(pipeline, watching_camera, monkeypatch, "pyfeat_noface_face.mov")  # cartoon, face
     assert 0 < stats.frames_with_face < stats.frames_rendered
     assert np.abs(frames[0] - neutral_image(pipeline)).mean() < 1.0, "neutral while there is no face"
-    assert max(steps_per_camera_frame(outputs, frames, fps)) < 6.0, "the face is picked up without a jump"
+    steps = [np.abs(b - a).mean() for a, b in zip(frames, frames[1:], strict=False)]
+    assert max(steps) < 6.0, "the face is picked up without a jump"
     assert np.abs(frames[-1] - frames[0]).mean() > 2, "and then followed"
     assert not [t for t in threading.enumerate() if t.name.startswith(("capture", "decode", "track"))]
 
@@ -253,7 +246,8 @@ class Stderr:
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.process, self.lines = process, []
-        self._thread = threading.Thread(target=lambda: self.lines.extend(process.stderr), name="stderr-reader")
+        self._thread = threading.Thread(target=lambda: self.lines.extend(process.stderr), name="stderr-reader",
+                                        daemon=True)
         self._thread.start()
 
     def text(self) -> str:
@@ -295,10 +289,14 @@ def test_stopping_the_live_app_finalises_the_recording(assets, tmp_path, stop) -
                            str(media("pyfeat_single_face.mp4")), "--live", "--loop", "--no-window", "--no-vcam",
                            "--record", str(out))
     stderr = Stderr(process)
-    # stopped once two whole fragments are on disk (at least a second of frames each), however long that takes
-    wait_until(lambda: fragments(tmp_path, "live") >= 2 or process.poll() is not None, "two recorded fragments")
-    process.send_signal(stop)
-    log = stderr.finish()
+    try:
+        # stopped once two whole fragments are on disk (at least a second of frames each), however long that takes
+        wait_until(lambda: fragments(tmp_path, "live") >= 2 or process.poll() is not None, "two recorded fragments")
+        process.send_signal(stop)
+        log = stderr.finish()
+    finally:
+        if process.poll() is None:
+            process.kill()
     assert process.returncode == 0, log
     assert probe_video(out).frame_count == saved_frames(log, "live.mp4") > 20, "every frame written is in the file"
     assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]

@@ -105,13 +105,17 @@ def test_ctrl_c_finalises_a_playable_clip(assets, tmp_path) -> None:
         counts = re.findall(rb" (\d+)/169 ", bytes(stderr))
         return int(counts[-1]) if counts else 0
 
-    reader = threading.Thread(target=read_stderr, name="stderr-reader")
+    reader = threading.Thread(target=read_stderr, name="stderr-reader", daemon=True)
     reader.start()
-    # interrupted some frames into the clip: once the progress bar shows frames written, however long that took
-    wait_until(lambda: frames_done() > 0 or process.poll() is not None, "the first frames written")
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=HANG_S)
-    reader.join(timeout=HANG_S)
+    try:
+        # interrupted some frames into the clip: once the progress bar shows frames written, however long that took
+        wait_until(lambda: frames_done() > 0 or process.poll() is not None, "the first frames written")
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=HANG_S)
+        reader.join(timeout=HANG_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
     log = stderr.decode(errors="replace")
     assert process.returncode == 130, log
     info = probe_video(out)
