@@ -182,8 +182,10 @@ def live_outputs(stats, device) -> list[Output]:
     assert sum(device.new) == stats.frames_rendered == len(stats.latencies_ms)
     assert stats.frames_held == stats.frames_out - stats.frames_rendered
     ages = iter(stats.latencies_ms)
-    outputs = [Output(time, new, next(ages) / 1000 if new else None, frame.checksum)
-               for time, new, frame in zip(stats.output_times, device.new, frames, strict=True)]
+    outputs = [
+        Output(time, new, next(ages) / 1000 if new else None, frame.checksum)
+        for time, new, frame in zip(stats.output_times, device.new, frames, strict=True)
+    ]
     for index in range(1, len(outputs)):
         if not outputs[index].new:
             assert outputs[index].checksum == outputs[index - 1].checksum, f"held frame {index} is the last one again"
@@ -205,4 +207,5 @@ def assert_newest_frame_wins(outputs: list[Output], depth: int) -> None:
         assert age is not None and age <= span, (
             f"new output {j}: its camera frame is {age * 1000:.0f} ms old, older than the last {depth} new output "
             f"frames took ({span * 1000:.0f} ms): a stale frame, not the newest (ages: "
-            f"{[round(o.age * 1000) for o in new]} ms)")
+            f"{[round(o.age * 1000) for o in new]} ms)"
+        )

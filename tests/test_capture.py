@@ -98,8 +98,10 @@ def test_slow_consumer_gets_the_newest_frame_and_the_clip_ends() -> None:
         n_frames = int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT))
         frames, last = [], -1
         while capture.state != "ended":
-            wait_until(lambda: capture.frames_captured >= last + 3 or capture.state == "ended",  # noqa: B023
-                       "two more frames")
+            wait_until(
+                lambda: capture.frames_captured >= last + 3 or capture.state == "ended",  # noqa: B023
+                "two more frames",
+            )
             newest = capture.frames_captured - 1  # at least this new: the capture only ever moves on
             frame = capture.latest(after=last, timeout=0)
             if frame is not None:
