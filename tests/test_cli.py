@@ -10,7 +10,7 @@ import pytest
 
 from realtime.cli import EXAMPLES, MAX_IDENTITIES, build_parser, build_pipeline, identity_photos, main, parse_args
 from realtime.errors import UserError
-from tests.conftest import PROJECT, media
+from tests.conftest import HANG_S, PROJECT, media
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +70,7 @@ def test_the_console_entry_point_runs(tmp_path: Path) -> None:
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
     scripts = Path(sys.executable).parent / "realtime-retarget"
     command = [str(scripts)] if scripts.is_file() else [sys.executable, "-m", "realtime.cli"]
-    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60, cwd=PROJECT, env=env)
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=HANG_S, cwd=PROJECT, env=env)
     assert result.returncode == 0 and result.stdout.startswith("usage: realtime-retarget")
 
 

@@ -22,7 +22,7 @@ from realtime.deca.networks import (  # noqa: E402
 from realtime.errors import UserError  # noqa: E402
 from realtime.io.images import read_image  # noqa: E402
 from tests import deca_checkpoint  # noqa: E402
-from tests.conftest import PROJECT, media  # noqa: E402
+from tests.conftest import HANG_S, PROJECT, media  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_without_torch_the_deca_path_says_how_to_install_it() -> None:
               "import realtime.deca.crop\n"  # numpy and OpenCV only
               "from realtime.errors import UserError\n"
               "try:\n    import realtime.deca.networks\nexcept UserError as err:\n    print(err)\n")
-    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "the DECA path needs PyTorch: pip install -e '.[deca]'"
 

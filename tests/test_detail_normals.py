@@ -10,7 +10,6 @@ generate_triangles' margins) and a flat rectangle, with triangles a few texels l
 """
 
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -302,15 +301,3 @@ def test_a_slope_along_u_tilts_the_normal_towards_minus_u(detail_pass, scene):
     expected = np.array([-slope, 0, 1]) / np.hypot(slope, 1)
     np.testing.assert_allclose(reference[inside], np.broadcast_to(expected, reference[inside].shape), atol=1e-5)
     np.testing.assert_allclose(gpu[inside], np.broadcast_to(expected, gpu[inside].shape), atol=1e-5)
-
-
-def test_timing(detail_pass, scene):
-    """Reported, not asserted: run() including its GPU work (glFinish), at 256x256."""
-    times = []
-    for _ in range(30):
-        start = time.perf_counter()
-        detail_pass.run(scene["vertices"], scene["normals"], scene["displacement"])
-        detail_pass.ctx.finish()
-        times.append(time.perf_counter() - start)
-    log.info("DetailNormalPass.run at %dx%d (%d triangles): median %.2f ms, min %.2f ms", SIZE, SIZE,
-             len(scene["triangles"]), 1000 * np.median(times), 1000 * np.min(times))

@@ -5,12 +5,12 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import PROJECT
+from tests.conftest import HANG_S, PROJECT
 
 
 def doctor(*args: str, **env: str) -> dict[str, str]:
     result = subprocess.run([sys.executable, str(PROJECT / "run.py"), "--doctor", *args], cwd=PROJECT,
-                            capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+                            capture_output=True, text=True, timeout=HANG_S, env={**os.environ, **env})
     assert result.returncode == 0, result.stderr
     lines = {}
     for line in result.stdout.splitlines():

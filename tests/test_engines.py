@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import PROJECT
+from tests.conftest import HANG_S, PROJECT
 from tests.deca_checkpoint import write_deca_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def test_auto_backend_falls_back_to_onnxruntime(built, build_engine, caplog) -> 
 def test_forced_tensorrt_is_a_one_line_user_error(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(PROJECT / "tools" / "build_engine.py"), "--deca-data", str(tmp_path),
                              "--backend", "tensorrt", "--out", str(tmp_path / "engines")],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "TensorRT is unavailable" in errors[0], result.stderr
@@ -279,11 +279,11 @@ def test_an_interrupted_build_changes_nothing(built, tmp_path: Path, stop: signa
     tool = subprocess.Popen([sys.executable, str(PROJECT / "tools" / "build_engine.py"), "--deca-data", str(deca),
                              "--out", str(folder), "--runs", "1", "--max-crops", "4"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_S
     while time.monotonic() < deadline and not any(path.is_file() for path in folder.glob(".build-*/*")):
         time.sleep(0.05)  # until the first exported file is being written
     tool.send_signal(stop)
-    _, stderr = tool.communicate(timeout=120)
+    _, stderr = tool.communicate(timeout=HANG_S)
     assert tool.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "interrupted: no engine or manifest was changed"
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before

@@ -42,6 +42,7 @@ from realtime.fetch import (
     fetch_pinned_file,
     ict_facekit_expected_files,
 )
+from tests.conftest import HANG_S
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = PROJECT.parent / "shared" / "assets"
@@ -64,8 +65,8 @@ class _Handler(SimpleHTTPRequestHandler):
         how = self.server.misbehave.get(self.path)  # type: ignore[attr-defined]
         if how is None:
             return super().do_GET()
-        if how == "stall":  # accept the request, never answer
-            time.sleep(5)
+        if how == "stall":  # accept the request, never answer (until the test is over)
+            self.server.over.wait(HANG_S)  # type: ignore[attr-defined]
             return None
         # "drop" / "slow": promise the whole file, send half of it, then hang up / hang on
         data = Path(self.translate_path(self.path)).read_bytes()
@@ -75,7 +76,7 @@ class _Handler(SimpleHTTPRequestHandler):
         self.wfile.write(data[: len(data) // 2])
         self.wfile.flush()
         if how == "slow":
-            time.sleep(30)
+            self.server.over.wait(HANG_S)  # type: ignore[attr-defined]
         self.close_connection = True
         return None
 
@@ -85,11 +86,13 @@ def _serve(root: Path, misbehave: dict[str, str] | None = None) -> Iterator[str]
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
     server.daemon_threads = True
     server.misbehave = misbehave or {}  # type: ignore[attr-defined]
+    server.over = threading.Event()  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/"
     finally:
+        server.over.set()  # type: ignore[attr-defined]
         server.shutdown()
         server.server_close()
         thread.join()
@@ -200,7 +203,7 @@ def test_tool_fetches_from_a_mirror_directory(converted: Path, tmp_path: Path) -
         [sys.executable, str(TOOL), "--mirror", str(SHARED_ASSETS), "--dest", str(dest)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
     )
     assert result.returncode == 0, result.stderr
     assert sha256_file(face_landmarker_path(dest)) == FACE_LANDMARKER.sha256
@@ -224,7 +227,7 @@ def test_tool_with_a_bad_mirror_exits_2_with_one_line(tmp_path: Path, command: l
         [sys.executable, *command, "--mirror", str(empty_mirror), "--dest", str(dest)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_S,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -299,12 +302,12 @@ def test_a_signal_mid_download_leaves_nothing(tmp_path: Path, stop: signal.Signa
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + HANG_S
         while not [p for p in _leftovers(dest) if p.endswith(".part")] and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)  # let it receive the first half
         tool.send_signal(stop)
-        _, stderr = tool.communicate(timeout=30)
+        _, stderr = tool.communicate(timeout=HANG_S)
     assert tool.returncode == 130
     assert stderr.strip().startswith("interrupted") and len(stderr.strip().splitlines()) == 1, stderr
     assert _leftovers(dest) == []
@@ -318,11 +321,11 @@ def test_a_signal_mid_conversion_leaves_no_model(fetched: Path, tmp_path: Path, 
     before = _leftovers(dest)
     tool = subprocess.Popen([sys.executable, str(TOOL), "--mirror", str(tmp_path / "no-mirror"), "--dest", str(dest)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_S
     while not [p for p in _leftovers(dest) if p.endswith(".part.npz")] and time.monotonic() < deadline:
         time.sleep(0.02)
     tool.send_signal(stop)
-    _, stderr = tool.communicate(timeout=60)
+    _, stderr = tool.communicate(timeout=HANG_S)
     assert tool.returncode == 130, stderr
     assert stderr.strip().startswith("interrupted") and len(stderr.strip().splitlines()) == 1, stderr
     assert _leftovers(dest) == before  # no model, no temporary file

@@ -1,7 +1,6 @@
 """Identity from one photo, on real photos with real MediaPipe and real EGL rendering."""
 
 import logging
-import time
 
 import cv2
 import numpy as np
@@ -62,14 +61,18 @@ def test_identity_is_cached_by_content(ict_model, gl_context, assets, tmp_path, 
     photo = tmp_path / "me.png"
     photo.write_bytes(media("pyfeat_0-f15-hao-ph.jpg").read_bytes())
     cache = tmp_path / "cache"
-    first = prepare_identity(photo, ict_model, assets / "ict_face_model.npz", gl_context, cache)
+    with caplog.at_level(logging.INFO):
+        first = prepare_identity(photo, ict_model, assets / "ict_face_model.npz", gl_context, cache)
+    assert "fitted me.png" in caplog.text
     entries = list(cache.iterdir())
     assert len(entries) == 1 and not entries[0].name.startswith(".")
-    started = time.perf_counter()
+    written = {path: path.stat().st_mtime_ns for path in entries[0].iterdir()}
+    caplog.clear()
     with caplog.at_level(logging.INFO):
         second = prepare_identity(photo, ict_model, assets / "ict_face_model.npz", gl_context, cache)
-    assert time.perf_counter() - started < 1.0
     assert "using the prepared identity" in caplog.text
+    assert "fitted me.png" not in caplog.text, "loaded, not tracked and fitted again"
+    assert {path: path.stat().st_mtime_ns for path in entries[0].iterdir()} == written, "nor written again"
     np.testing.assert_array_equal(first.vertices, second.vertices)
     np.testing.assert_array_equal(first.albedo, second.albedo)
     # another photo under the same name is another identity

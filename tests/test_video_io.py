@@ -27,7 +27,7 @@ from realtime.io.clips import (
     open_video,
     probe_video,
 )
-from tests.conftest import audio_only_clip, ffmpeg_ran, hide_ffmpeg
+from tests.conftest import HANG_S, audio_only_clip, ffmpeg_ran, hide_ffmpeg
 
 PROJECT = Path(__file__).resolve().parents[1]
 MEDIA = PROJECT.parent / "shared" / "assets" / "media"
@@ -402,7 +402,7 @@ def test_interrupted_recording_is_finalised(tmp_path: Path, sig: signal.Signals)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
         os.killpg(proc.pid, sig)
-        stdout, stderr = proc.communicate(timeout=20)
+        stdout, stderr = proc.communicate(timeout=HANG_S)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

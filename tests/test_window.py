@@ -2,7 +2,6 @@
 
 import shutil
 import subprocess
-import time
 
 import cv2
 import glfw
@@ -11,7 +10,7 @@ import pytest
 
 from realtime.errors import UserError
 from realtime.io.window import Key, Overlay, PreviewWindow
-from tests.conftest import media
+from tests.conftest import HANG_S, media, wait_until
 from tests.xvfb import xvfb_display
 
 AVATAR_COLOUR = (40, 200, 90)
@@ -149,11 +148,11 @@ def test_identity_thumbnails_along_the_bottom_of_the_avatar(window: PreviewWindo
 
 
 def press(window: PreviewWindow, *keys: str) -> str:
-    """Send key presses to the window with xdotool, or call its glfw key callback when xdotool is missing."""
+    """Send key presses to the window with xdotool, or call its glfw key callback when xdotool is missing. Then
+    ``keys_arriving`` polls them: when X delivers them depends on the machine's load, not a fixed pause."""
     if shutil.which("xdotool"):
         window_id = glfw.get_x11_window(window.handle)
-        subprocess.run(["xdotool", "key", "--window", str(window_id), *keys], check=True, timeout=10)
-        time.sleep(0.2)
+        subprocess.run(["xdotool", "key", "--window", str(window_id), *keys], check=True, timeout=HANG_S)
         return "xdotool"
     codes = {"r": glfw.KEY_R, "n": glfw.KEY_N, "h": glfw.KEY_H, "q": glfw.KEY_Q, "space": glfw.KEY_SPACE,
              "Escape": glfw.KEY_ESCAPE, "x": glfw.KEY_X, "1": glfw.KEY_1, "2": glfw.KEY_2, "9": glfw.KEY_9,
@@ -166,16 +165,28 @@ def press(window: PreviewWindow, *keys: str) -> str:
     return "callback"
 
 
+def keys_arriving(window: PreviewWindow, count: int) -> list[Key]:
+    """The keys ``poll`` returns until ``count`` have come (the last key pressed arrives last)."""
+    keys: list[Key] = []
+
+    def enough() -> bool:
+        keys.extend(window.poll())
+        return len(keys) >= count
+
+    wait_until(enough, f"{count} key presses")
+    return keys
+
+
 def test_keys_and_close(window: PreviewWindow) -> None:
     window.show(None, flat_avatar(), Overlay())
     assert window.poll() == []
     how = press(window, "r")
-    assert window.poll() == [Key.RECORD], how
+    assert keys_arriving(window, 1) == [Key.RECORD], how
     assert window.poll() == []  # drained
     press(window, "n", "x", "space", "h", "Escape", "q")  # x means nothing
-    assert window.poll() == [Key.NEUTRAL, Key.PAUSE, Key.HELP, Key.QUIT, Key.QUIT]
+    assert keys_arriving(window, 5) == [Key.NEUTRAL, Key.PAUSE, Key.HELP, Key.QUIT, Key.QUIT]
     press(window, "1", "2", "0", "9", "KP_3")  # 0 means nothing
-    keys = window.poll()
+    keys = keys_arriving(window, 4)
     assert keys == [Key.IDENTITY_1, Key.IDENTITY_2, Key.IDENTITY_9, Key.IDENTITY_3]
     assert [key.identity_index for key in keys] == [0, 1, 8, 2] and Key.RECORD.identity_index is None
 
@@ -186,10 +197,12 @@ def test_keys_and_close(window: PreviewWindow) -> None:
 def test_resize_follows_the_framebuffer(window: PreviewWindow) -> None:
     window.show(astronaut(), flat_avatar(), Overlay())
     glfw.set_window_size(window.handle, 800, 300)
-    deadline = time.monotonic() + 5
-    while window.composite(None, flat_avatar(), Overlay()).shape != (300, 800, 3) and time.monotonic() < deadline:
+
+    def resized() -> bool:
         window.poll()  # the framebuffer size callback arrives with the events
-        time.sleep(0.02)
+        return window.composite(None, flat_avatar(), Overlay()).shape == (300, 800, 3)
+
+    wait_until(resized, "the framebuffer to follow the window's size")
     window.show(astronaut(), flat_avatar(), Overlay())
     composite = window.composite(astronaut(), flat_avatar(), Overlay())
     assert composite.shape == (300, 800, 3)

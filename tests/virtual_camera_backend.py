@@ -18,14 +18,15 @@ registered backend, so a backend left registered would be picked up by later tes
 frame it records a ``ReceivedFrame``: the pixels (a copy, HxWx3) unless ``keep_images`` is False, a sha1 checksum,
 the pixels at the four corners and the centre (H // 2, W // 2), the shape and ``time.monotonic()`` at arrival.
 ``FailingBackend`` raises on its ``fail_on``-th send and on every send after it (a device that went away);
-``UnavailableBackend`` has no device at all.
+``UnavailableBackend`` has no device at all. ``LoopWatchingBackend`` also notes, for each frame, whether the live loop
+drew a new camera frame for it or sent its last avatar frame again, and can step a camera from the loop's thread.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -127,6 +128,33 @@ class FailingBackend(RecordingBackend):
             self.send_calls += 1
             raise OSError(self.error_message)
         super().send(frame)
+
+
+class LoopWatchingBackend(RecordingBackend):
+    """A recording device that watches the live loop feeding it. Give it the loop's stats before the loop runs
+    (``RecordingBackend.last().watch(loop.stats)``); then ``new[i]`` says whether frame ``i`` showed a camera frame the
+    loop had just drawn (its ``frames_rendered`` went up since the previous frame) or was the last avatar frame sent
+    again (a held frame). ``on_send(device, new)``, when set, runs after each frame is recorded, on the loop's thread,
+    before the loop goes on: a test steps a camera from there, in time with the consumer instead of the wall clock."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.new: list[bool] = []
+        self.on_send: Callable[[LoopWatchingBackend, bool], None] | None = None
+        self._stats: Any = None
+        self._rendered = 0
+
+    def watch(self, stats: Any, on_send: Callable[[LoopWatchingBackend, bool], None] | None = None) -> None:
+        self._stats, self.on_send = stats, on_send
+
+    def send(self, frame: np.ndarray) -> None:
+        super().send(frame)
+        assert self._stats is not None, "watch(loop.stats) before the loop runs"
+        rendered = self._stats.frames_rendered  # the loop counts a drawn frame before it hands it to the outputs
+        new, self._rendered = rendered > self._rendered, rendered
+        self.new.append(new)
+        if self.on_send is not None:
+            self.on_send(self, new)
 
 
 class UnavailableBackend:

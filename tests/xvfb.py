@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HANG_S
+
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def xvfb_display(screen: str = "1280x720x24", timeout: float = 20.0) -> Iterator[str]:
+def xvfb_display(screen: str = "1280x720x24", timeout: float = HANG_S) -> Iterator[str]:
     """Start Xvfb on a free display number, yield its name (":<n>"), kill it at the end; skip if Xvfb is absent.
 
     Xvfb picks the free number itself (``-displayfd``), so parallel test runs cannot collide; ``-noreset`` keeps it
