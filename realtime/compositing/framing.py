@@ -11,10 +11,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-CALL_FRAMING = 12.0  # frame height in inter-ocular distances at most: a webcam's framing in a video call
+CALL_FRAMING = 12.0  # a photo at most this many inter-ocular distances tall is framed as a webcam would: whole
+HEAD_AND_SHOULDERS = 8.0  # a bigger picture is cropped to this many: the person's head and shoulders
 CLOSEST = 3.0  # the least frame height in inter-ocular distances (a photo that is nearly all face)
 EYES_ABOVE_CENTRE = 0.12  # of the frame height: the eyes sit a little above the middle, as in a portrait
 EDGE_BLUR_FRACTION = 0.04  # of the frame height: the blur of a mirrored extension
+FACE_ROOM = 0.15  # of the face's size: the frame keeps the face and this much around it, leaving the photo if it must
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class Framing:
         similarity = np.diag([self.scale, self.scale, self.scale, 1.0])
         similarity[:2, 3] = self.offset
         return (similarity @ photo_projection).astype(np.float32)
+
+    def to_photo(self, points: np.ndarray) -> np.ndarray:
+        """(..., 2) frame pixels -> photo pixels."""
+        return (np.asarray(points[..., :2], np.float64) - self.offset) / self.scale
 
     def matrix(self) -> np.ndarray:
         return np.array([[self.scale, 0.0, self.offset[0]], [0.0, self.scale, self.offset[1]]], np.float64)
@@ -65,22 +71,34 @@ class Framing:
         return (framed * weight + blurred * (1 - weight)).astype(framed.dtype)
 
 
-def frame_photo(photo_size: tuple[int, int], eye_centre: np.ndarray, inter_ocular: float,
-                size: tuple[int, int]) -> Framing:
+def frame_photo(photo_size: tuple[int, int], eye_centre: np.ndarray, inter_ocular: float, size: tuple[int, int],
+                face_box: tuple[float, float, float, float]) -> Framing:
     """The framing of a face whose eyes are centred at ``eye_centre`` (2,) photo pixels, ``inter_ocular`` pixels
-    apart, in a photo of ``photo_size`` (width, height), for an output of ``size`` (width, height)."""
+    apart, within ``face_box`` (x0, y0, x1, y1), in a photo of ``photo_size`` (width, height), for an output of
+    ``size`` (width, height)."""
     photo_width, photo_height = photo_size
     width, height = size
     aspect = width / height
     fits = min(photo_height, photo_width / aspect)  # the tallest crop of the output's aspect inside the photo
-    crop_height = max(min(CALL_FRAMING * inter_ocular, fits), CLOSEST * inter_ocular)
+    crop_height = fits if fits <= CALL_FRAMING * inter_ocular else HEAD_AND_SHOULDERS * inter_ocular
+    crop_height = max(crop_height, CLOSEST * inter_ocular)
     crop_width = crop_height * aspect
     x0 = eye_centre[0] - crop_width / 2
     y0 = eye_centre[1] - crop_height * (0.5 - EYES_ABOVE_CENTRE)
-    x0 = _inside(x0, crop_width, photo_width)
-    y0 = _inside(y0, crop_height, photo_height)
+    bx0, by0, bx1, by1 = face_box
+    room = FACE_ROOM * max(bx1 - bx0, by1 - by0)
+    x0 = _place(x0, crop_width, photo_width, bx0 - room, bx1 + room)
+    y0 = _place(y0, crop_height, photo_height, by0 - room, by1 + room)
     scale = height / crop_height
     return Framing(size=(width, height), scale=scale, offset=np.array([-x0 * scale, -y0 * scale]))
+
+
+def _place(ideal: float, length: float, limit: float, low: float, high: float) -> float:
+    """Where [start, start + length] goes along a photo side of ``limit``: moved from ``ideal`` to inside the photo
+    if it then still holds the face's [low, high]; else left at ``ideal`` (the face framed as usual, the photo
+    extended beyond its edge)."""
+    inside = _inside(ideal, length, limit)
+    return inside if inside <= low and high <= inside + length else ideal
 
 
 def _inside(start: float, length: float, limit: float) -> float:

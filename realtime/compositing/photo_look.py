@@ -47,6 +47,7 @@ class PhotoLayers:
 
     framing: Framing
     photo: np.ndarray  # (H, W, 3) uint8 the framed photo
+    photo_size: tuple[int, int]  # the photo's own width and height (beyond them the framed photo is an extension)
     layer: np.ndarray  # (H, W) float32 in [0, 1]: the person, drawn over the plate (moving where ``motion`` says)
     motion: np.ndarray  # (H, W) float32 in [0, 1]: how much each pixel moves with the head
     plate: np.ndarray  # (H, W, 3) uint8: the photo with the person filled from the background around them
@@ -80,7 +81,8 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     """The layers of ``photo`` (H, W, 3 uint8) with its ``person`` mask (H, W) and the chosen face's (478, 2+)
     ``landmarks`` (photo pixels), framed for an output of ``size`` (width, height)."""
     eyes = (landmarks[LEFT_EYE_OUTER, :2] + landmarks[RIGHT_EYE_OUTER, :2]) / 2
-    framing = frame_photo((photo.shape[1], photo.shape[0]), eyes, inter_ocular_distance(landmarks), size)
+    box = (*landmarks[:, :2].min(axis=0), *landmarks[:, :2].max(axis=0))
+    framing = frame_photo((photo.shape[1], photo.shape[0]), eyes, inter_ocular_distance(landmarks), size, box)
     framed = framing.frame(photo)
     person_framed = np.clip(framing.frame(person.astype(np.float32), cv2.INTER_LINEAR), 0.0, 1.0)
     person_framed = _fade(person_framed, 0.7, 0.3)  # the segmenter's soft edge, made firmer
@@ -97,7 +99,8 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     # The layer covers the person and every filled pixel of the plate: at rest, layer and plate show the photo
     # wherever they meet.
     layer = np.maximum(person_framed, np.clip(2.0 * fill, 0.0, 1.0))
-    return PhotoLayers(framing, framed, layer.astype(np.float32), motion, plate, frame_landmarks, iod)
+    return PhotoLayers(framing, framed, (photo.shape[1], photo.shape[0]), layer.astype(np.float32), motion, plate,
+                       frame_landmarks, iod)
 
 
 def ortho_camera(size: tuple[int, int], projection: np.ndarray, depth: float) -> np.ndarray:
@@ -178,7 +181,9 @@ def face_attributes(
     y = np.clip(np.round(frame_pixels[:, 1]).astype(int), 0, height - 1)
     visible = depth <= depth_map[y, x] + 0.02 * iod
     facing = np.clip((camera_normals[:, 2] - 0.1) / 0.25, 0.0, 1.0)
-    shows_photo = visible * facing
+    in_photo = layers.framing.to_photo(frame_pixels)
+    inside = np.all((in_photo >= 1) & (in_photo <= np.array(layers.photo_size) - 2), axis=1)  # not the extension
+    shows_photo = visible * facing * inside
     outline = layers.landmarks[list(FACE_OVAL), :2].astype(np.float32).reshape(-1, 1, 2)
     inside = np.array([cv2.pointPolygonTest(outline, (float(px), float(py)), True) for px, py in frame_pixels])
     opacity = np.where(blended, np.clip(inside / (EDGE_FEATHER * iod), 0.0, 1.0), 1.0)
