@@ -392,7 +392,7 @@ def test_a_missing_or_damaged_detector_says_what_to_run_and_is_fetched_again(tmp
 
     dest = tmp_path / "assets"
     dest.mkdir()
-    with pytest.raises(UserError, match="face detector missing.*python tools/fetch_assets.py"):
+    with pytest.raises(UserError, match="face detector missing.*realtime-retarget --fetch-assets"):
         face_detector_path(dest)
     (dest / FACE_DETECTOR.name).write_bytes(b"not a model")
     with pytest.raises(UserError, match="damaged.*--force"):

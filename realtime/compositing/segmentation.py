@@ -36,7 +36,7 @@ def person_mask(rgb: np.ndarray, model_path: Path | None = None) -> np.ndarray:
         with native_stderr_silenced(not log.isEnabledFor(logging.DEBUG)):
             segmenter = vision.ImageSegmenter.create_from_options(options)
     except (RuntimeError, ValueError) as err:
-        raise UserError(f"could not load {model_path} ({err}): run `python tools/fetch_assets.py --force`") from err
+        raise UserError(f"could not load {model_path} ({err}): run `realtime-retarget --fetch-assets --force`") from err
     with segmenter:
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         masks = segmenter.segment(image).confidence_masks
