@@ -127,7 +127,9 @@ class FaceFinder:
                 # the first inference sets up the CPU delegate and says so on stderr: do it here, silenced
                 detector.detect(_mp_image(np.zeros((DETECTOR_INPUT, DETECTOR_INPUT, 3), np.uint8)))
         except (RuntimeError, ValueError) as err:
-            raise UserError(f"could not load {model_path} ({err}): run `realtime-retarget --fetch-assets --force`") from err
+            raise UserError(
+                f"could not load {model_path} ({err}): run `realtime-retarget --fetch-assets --force`"
+            ) from err
         try:
             tracker = FaceTracker.create_from_options(
                 FaceTrackerOptions(running_mode=RunningMode.IMAGE, max_faces=MAX_LANDMARKER_FACES)
