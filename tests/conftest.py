@@ -1,8 +1,10 @@
 """Shared fixtures: the real assets (fetched from the local mirror when missing), real media, one GL context."""
 
+import contextlib
 import logging
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +176,16 @@ def neutral_weights(model, **weights: float) -> np.ndarray:
     for name, value in weights.items():
         w[model.expression_index(name)] = value
     return w
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``path`` (root only): a disk that really fills up."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)

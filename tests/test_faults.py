@@ -35,7 +35,7 @@ from realtime.io.clips import probe_video
 from realtime.io.images import MAX_SIDE, read_image
 from realtime.io.virtual_camera import VirtualCamera
 from realtime.loops.live import LiveLoop, LiveOptions
-from tests.conftest import HANG_S, PROJECT, audio_only_clip, media, remux
+from tests.conftest import HANG_S, PROJECT, audio_only_clip, media, remux, small_tmpfs
 from tests.virtual_camera_backend import FailingBackend, RecordingBackend, registered_backend
 
 pytestmark = pytest.mark.faults
@@ -295,19 +295,6 @@ def test_the_app_refuses_a_broken_model_file(case: str, assets: Path, cache: Pat
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The identity cache is never left with a partial entry
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted on ``path`` (root only): a disk that really fills up."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def test_a_full_disk_while_caching_an_identity_leaves_no_entry(ict_model, gl_context, assets: Path, tmp_path: Path,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ from realtime.io.clips import (
     open_video,
     probe_video,
 )
-from tests.conftest import HANG_S, audio_only_clip, ffmpeg_ran, hide_ffmpeg
+from tests.conftest import HANG_S, audio_only_clip, ffmpeg_ran, hide_ffmpeg, small_tmpfs
 
 PROJECT = Path(__file__).resolve().parents[1]
 MEDIA = PROJECT.parent / "shared" / "assets" / "media"
@@ -297,19 +296,6 @@ def test_unusable_output_paths(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unsupported extension"):
         ClipWriter(tmp_path / "clip.gif", 30.0, (64, 64))
     assert list(tmp_path.iterdir()) == []
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted on ``path`` (root only): a disk that really fills up."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def noise_frames(count: int, width: int, height: int) -> Iterator[np.ndarray]:
