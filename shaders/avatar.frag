@@ -13,7 +13,6 @@ uniform sampler2D photo;       // photo look: the framed identity photo
 uniform sampler2D normal_map;  // xyz: model-space unit normal, w: 1 where the map is defined
 uniform bool use_normal_map;
 uniform mat4 model;
-uniform int lighting;
 uniform vec3 light_dir;    // towards the light, world space (soft)
 uniform vec3 eye_position;
 uniform float ambient;     // shade at grazing light (soft)
@@ -27,6 +26,8 @@ in vec4 v_material;
 in vec4 v_photo;
 
 out vec4 frag_color;
+
+const int lighting = LIGHTING;  // defined by the renderer, one program per look
 
 const float SH_C[9] = float[9](0.282095, 1.023327, 1.023327, 1.023327, 0.858086, 0.858086, 0.858086, 0.429043,
                                0.247708);

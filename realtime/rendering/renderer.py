@@ -3,6 +3,7 @@
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import moderngl
@@ -43,13 +44,18 @@ def create_context(backend: str | None = OFFSCREEN) -> moderngl.Context:
         raise UserError(f"could not create an OpenGL 3.3 context ({backend or 'default'}: {reason}): {fix}") from err
 
 
-def load_program(ctx: moderngl.Context, name: str) -> moderngl.Program:
-    """Compile ``shaders/<name>.vert`` and ``shaders/<name>.frag``."""
+def load_program(ctx: moderngl.Context, name: str, defines: dict[str, int] | None = None) -> moderngl.Program:
+    """Compile ``shaders/<name>.vert`` and ``shaders/<name>.frag``, with ``#define NAME value`` for each of
+    ``defines`` after the ``#version`` line."""
     directory = shaders_dir()
-    return ctx.program(
-        vertex_shader=(directory / f"{name}.vert").read_text(),
-        fragment_shader=(directory / f"{name}.frag").read_text(),
-    )
+    macros = "".join(f"#define {key} {value}\n" for key, value in (defines or {}).items())
+
+    def source(path: Path) -> str:
+        version, _, rest = path.read_text().partition("\n")
+        return f"{version}\n{macros}{rest}"
+
+    return ctx.program(vertex_shader=source(directory / f"{name}.vert"),
+                       fragment_shader=source(directory / f"{name}.frag"))
 
 
 def perspective(fov_y_degrees: float, aspect: float, near: float, far: float) -> np.ndarray:
@@ -138,7 +144,11 @@ class AvatarRenderer:
         self.mesh = mesh
         self.options = options
         width, height = options.size
-        self.program = load_program(ctx, "avatar")
+        if options.lighting not in LIGHTING_MODES:
+            raise ValueError(f"lighting must be one of {LIGHTING_MODES}, got {options.lighting!r}")
+        # a constant, not a uniform: llvmpipe runs every branch of a uniform `if` under a mask, so one look would
+        # pay for all four (the mesh pass 30% slower)
+        self.program = load_program(ctx, "avatar", {"LIGHTING": LIGHTING_MODES.index(options.lighting)})
         self._positions = ctx.buffer(reserve=len(mesh.render_vertex) * 12, dynamic=True)
         self._normals = ctx.buffer(reserve=len(mesh.render_vertex) * 12, dynamic=True)
         uv = ctx.buffer(np.ascontiguousarray(mesh.uv, np.float32).tobytes())
@@ -154,6 +164,7 @@ class AvatarRenderer:
         if mesh.photo is not None:
             self._buffers.append(ctx.buffer(np.ascontiguousarray(mesh.photo, np.float32).tobytes()))
             attributes.append((self._buffers[-1], "4f", "in_photo"))
+        attributes = [attribute for attribute in attributes if self.program.get(attribute[2], None) is not None]
         self.vao = ctx.vertex_array(self.program, attributes, index_buffer=index, index_element_size=4)
         self.albedo = texture_from_image(ctx, albedo, mipmaps=True)
         self._photo = texture_from_image(ctx, photo, mipmaps=False) if photo is not None else None
@@ -194,29 +205,32 @@ class AvatarRenderer:
         view = look_at(self.eye_position, target)
         projection = perspective(options.fov_y_degrees, width / height, distance / 4, distance * 4)
         self.view_projection = projection @ view if camera is None else np.asarray(camera, np.float32)
-        self.program["view_projection"].write(self.view_projection.T.astype(np.float32).tobytes())
         light = np.array(options.light_direction, np.float32)
-        self.program["light_dir"].value = tuple(light / np.linalg.norm(light))
-        self.program["eye_position"].value = tuple(self.eye_position)
-        self.program["ambient"].value = options.ambient
-        self.program["specular"].value = options.specular
-        if options.lighting not in LIGHTING_MODES:
-            raise ValueError(f"lighting must be one of {LIGHTING_MODES}, got {options.lighting!r}")
-        self.program["lighting"].value = LIGHTING_MODES.index(options.lighting)
-        self.program["albedo"].value = 0
-        self.program["normal_map"].value = 1
-        self.program["photo"].value = 3
-        self.program["use_normal_map"].value = False
+        for name, value in (("view_projection", self.view_projection.T), ("model", np.eye(4)),
+                            ("light_dir", light / np.linalg.norm(light)), ("eye_position", self.eye_position),
+                            ("ambient", options.ambient), ("specular", options.specular), ("sh", np.zeros((9, 3))),
+                            ("albedo", 0), ("normal_map", 1), ("photo", 3), ("use_normal_map", False)):
+            self._set_uniform(name, value)
         self._normal_map: moderngl.Texture | None = None
+
+    def _set_uniform(self, name: str, value: object) -> None:
+        """Set a uniform of the avatar program; a look's program lacks those its look does not use."""
+        uniform = self.program.get(name, None)
+        if uniform is None:
+            return
+        if isinstance(value, np.ndarray):
+            uniform.write(np.ascontiguousarray(value, np.float32).tobytes())
+        else:
+            uniform.value = value
 
     def set_sh_light(self, light: np.ndarray) -> None:
         """The (9, 3) spherical-harmonics light of ``lighting="sh"`` (DECA's light code, coefficient-major)."""
-        self.program["sh"].write(np.ascontiguousarray(light, np.float32).tobytes())
+        self._set_uniform("sh", light)
 
     def set_normal_map(self, texture: moderngl.Texture | None) -> None:
         """A model-space normal map in the mesh's UV space (xyz normal, w coverage), or None for vertex normals."""
         self._normal_map = texture
-        self.program["use_normal_map"].value = texture is not None
+        self._set_uniform("use_normal_map", texture is not None)
 
     def render(self, vertices: np.ndarray, normals: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
         """Model-space ``vertices`` and ``normals`` (N, 3), a (4, 4) model matrix -> (H, W, 3) uint8 RGB image."""
@@ -224,7 +238,7 @@ class AvatarRenderer:
         self._positions.write(np.ascontiguousarray(vertices[index], np.float32))
         self._normals.write(np.ascontiguousarray(normals[index], np.float32))
         model = np.eye(4, dtype=np.float32) if model_matrix is None else np.asarray(model_matrix, np.float32)
-        self.program["model"].write(model.T.tobytes())
+        self._set_uniform("model", model.T)
 
         self._draw_target.use()
         self.ctx.clear(*self.options.background, 1.0)
