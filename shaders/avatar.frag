@@ -52,7 +52,7 @@ void main() {
     vec3 base = mix(v_material.rgb, texture(albedo, v_uv).rgb, v_material.a);
     vec3 color;
     if (lighting == 3) {
-        if (v_photo.w < 0.004) discard;
+        if (v_photo.w < DISCARD_OPACITY) discard;
         vec3 shown = mix(base, texture(photo, v_photo.xy).rgb, clamp(v_photo.z, 0.0, 1.0));
         if (use_normal_map) {  // DECA's detail: the change of shading it makes, on the photo's own shading
             vec3 smooth_n = gl_FrontFacing ? normalize(v_normal) : -normalize(v_normal);

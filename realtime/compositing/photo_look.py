@@ -202,6 +202,14 @@ class PhotoLook:
         self.ctx = ctx
         self.layers = layers
         positions, uv, motion, triangles = self._grid(projection, depth_map, covered)
+        # still triangles first: they are drawn once into the renderer's still frame, and only scissored after that
+        moves = motion[triangles].max(axis=1) > 0.0
+        triangles = np.r_[triangles[~moves], triangles[moves]]
+        self._still_count = 3 * int((~moves).sum())
+        moving = np.unique(triangles[-int(moves.sum()):]) if moves.any() else np.zeros(0, int)
+        self._moving = np.c_[positions[moving], np.ones(len(moving))]  # (M, 4) homogeneous model space at rest
+        self._moving_weight = motion[moving][:, None]
+        self._camera = np.asarray(camera, np.float64)
         self.program = load_program(ctx, "photo_layer")
         self.program["view_projection"].write(np.ascontiguousarray(camera, np.float32).T.tobytes())
         self.program["layer"].value = 2
@@ -245,14 +253,28 @@ class PhotoLook:
                                                                               corner + n_cols + 1]]
         return positions[:, :3], uv, motion, triangles
 
-    def draw(self, model_matrix: np.ndarray) -> None:
-        """Draw the layer moved by ``model_matrix`` (4, 4, model space), blended over what is drawn."""
+    def draw(self, model_matrix: np.ndarray, still_only: bool = False) -> None:
+        """Draw the layer moved by ``model_matrix`` (4, 4, model space), blended over what is drawn; with
+        ``still_only``, only the triangles that never move."""
         self.program["model"].write(np.ascontiguousarray(model_matrix, np.float32).T.tobytes())
         self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
         self.ctx.enable(moderngl.BLEND)
         self.texture.use(2)
-        self.vao.render(moderngl.TRIANGLES)
+        self.vao.render(moderngl.TRIANGLES, vertices=self._still_count if still_only else -1)
         self.ctx.disable(moderngl.BLEND)
+
+    def moving_box(self, model_matrix: np.ndarray) -> tuple[float, float, float, float] | None:
+        """Pixels (x0, y0, x1, y1, y down) covering the moving triangles at rest and moved by ``model_matrix``."""
+        if len(self._moving) == 0:
+            return None
+        moved = self._moving + self._moving_weight * (self._moving @ np.asarray(model_matrix, np.float64).T
+                                                      - self._moving)
+        clip = np.r_[self._moving, moved] @ self._camera.T
+        ndc = clip[:, :2] / clip[:, 3:]
+        width, height = self.layers.framing.size
+        pixels = np.c_[(ndc[:, 0] + 1) / 2 * width, (1 - ndc[:, 1]) / 2 * height]
+        low, high = np.floor(pixels.min(axis=0)) - 2, np.ceil(pixels.max(axis=0)) + 2
+        return float(low[0]), float(low[1]), float(high[0]), float(high[1])
 
     def release(self) -> None:
         for resource in (self.vao, self._index, *self._buffers, self.texture, self.program):

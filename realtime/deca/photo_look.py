@@ -22,7 +22,7 @@ from realtime.compositing.photo_look import (
 )
 from realtime.deca.flame import HeadTemplate, batch_rodrigues
 from realtime.head import HeadOffset
-from realtime.rendering.renderer import AvatarMesh, AvatarRenderer, RenderOptions
+from realtime.rendering.renderer import DISCARD_OPACITY, AvatarMesh, AvatarRenderer, RenderOptions
 
 MOUTH_CAVITY_COLOR = (0.12, 0.04, 0.04)
 CAVITY_DEPTH = 0.5  # of the mouth's width, behind the lips
@@ -125,6 +125,7 @@ def photo_look_renderer(ctx: moderngl.Context, template: HeadTemplate, faces: np
     attributes = face_attributes(pixels[:, :2], pixels[:, 2], camera_normals, depth_map, layers, skin)
     if cavity is not None:
         attributes[first:, 2] = 0.0  # the cavity is the model's own, never the photo's
+    triangles = triangles[~(attributes[triangles, 3] < DISCARD_OPACITY).all(axis=1)]  # never drawn: not sent
     mesh = AvatarMesh(triangles=triangles.astype(np.int32), render_vertex=render_vertex.astype(np.int32), uv=uv,
                       material=material, photo=attributes)
     camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))

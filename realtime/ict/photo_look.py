@@ -22,7 +22,7 @@ from realtime.head import AvatarPose
 from realtime.ict.avatar import Avatar, build_avatar_mesh, drawn_triangles
 from realtime.ict.identity import Identity
 from realtime.ict.model import IctModel
-from realtime.rendering.renderer import AvatarRenderer, RenderOptions
+from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderOptions
 
 SKIN_PARTS = ("face",)  # fades into the photo at its outline
 HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown instead
@@ -50,7 +50,8 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     attributes = face_attributes(pixels[:, :2], pixels[:, 2], camera_normals, depth_map, layers, skin)
 
     hidden = _vertex_mask(model, model.part_mask(*HIDDEN_PARTS))
-    kept = ~hidden[triangles].all(axis=1)
+    transparent = attributes[:, 3] < DISCARD_OPACITY  # triangles of these are never drawn: not sent
+    kept = ~(hidden[triangles].all(axis=1) | transparent[triangles].all(axis=1))
     mesh = build_avatar_mesh(model, identity.iris_color)
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[np.unique(model.triangles[model.part_mask(part)]), :3] *= shade

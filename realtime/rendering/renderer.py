@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 GL_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1"
 ANTIALIAS_MODES = ("fxaa", "msaa", "none")
 LIGHTING_MODES = ("soft", "sh", "shape", "photo")
+DISCARD_OPACITY = 0.004  # the photo look draws no fragment less opaque than this (under 1/255)
 OFFSCREEN = "offscreen"  # create_context's default: the platform's own off-screen context, see offscreen_backend
 
 
@@ -115,10 +116,16 @@ class RenderOptions:
 
 
 class Underlay(Protocol):
-    """Something drawn after the background and before the avatar, moved by the avatar's model matrix."""
+    """Something drawn after the background and before the avatar, moved by the avatar's model matrix; parts of it
+    may stay still whatever the matrix."""
 
-    def draw(self, model_matrix: np.ndarray) -> None: ...
+    def draw(self, model_matrix: np.ndarray, still_only: bool = False) -> None: ...
+    def moving_box(self, model_matrix: np.ndarray) -> tuple[float, float, float, float] | None:
+        """Pixels (x0, y0, x1, y1, y down) covering the moving parts both at rest and moved by ``model_matrix``."""
     def release(self) -> None: ...
+
+
+FXAA_REACH = 10  # pixels around a pixel that the anti-aliasing pass may read (its span, 8, and the 3x3 corners)
 
 
 class AvatarRenderer:
@@ -148,7 +155,8 @@ class AvatarRenderer:
             raise ValueError(f"lighting must be one of {LIGHTING_MODES}, got {options.lighting!r}")
         # a constant, not a uniform: llvmpipe runs every branch of a uniform `if` under a mask, so one look would
         # pay for all four (the mesh pass 30% slower)
-        self.program = load_program(ctx, "avatar", {"LIGHTING": LIGHTING_MODES.index(options.lighting)})
+        self.program = load_program(ctx, "avatar", {"LIGHTING": LIGHTING_MODES.index(options.lighting),
+                                                     "DISCARD_OPACITY": DISCARD_OPACITY})
         self._positions = ctx.buffer(reserve=len(mesh.render_vertex) * 12, dynamic=True)
         self._normals = ctx.buffer(reserve=len(mesh.render_vertex) * 12, dynamic=True)
         uv = ctx.buffer(np.ascontiguousarray(mesh.uv, np.float32).tobytes())
@@ -212,6 +220,7 @@ class AvatarRenderer:
                             ("albedo", 0), ("normal_map", 1), ("photo", 3), ("use_normal_map", False)):
             self._set_uniform(name, value)
         self._normal_map: moderngl.Texture | None = None
+        self._still = self._render_still()
 
     def _set_uniform(self, name: str, value: object) -> None:
         """Set a uniform of the avatar program; a look's program lacks those its look does not use."""
@@ -233,54 +242,100 @@ class AvatarRenderer:
         self._set_uniform("use_normal_map", texture is not None)
 
     def render(self, vertices: np.ndarray, normals: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
-        """Model-space ``vertices`` and ``normals`` (N, 3), a (4, 4) model matrix -> (H, W, 3) uint8 RGB image."""
+        """Model-space ``vertices`` and ``normals`` (N, 3), a (4, 4) model matrix -> (H, W, 3) uint8 RGB image.
+
+        Only the region that can differ from the still frame (the background and the underlay's still parts,
+        composed once) is drawn, anti-aliased and read back: the avatar's box and the underlay's moving parts.
+        """
         index = self.mesh.render_vertex
         self._positions.write(np.ascontiguousarray(vertices[index], np.float32))
         self._normals.write(np.ascontiguousarray(normals[index], np.float32))
         model = np.eye(4, dtype=np.float32) if model_matrix is None else np.asarray(model_matrix, np.float32)
         self._set_uniform("model", model.T)
 
+        avatar = self._pixel_box(vertices, model)
+        changed = avatar
+        if self._underlay is not None:
+            changed = union_box(changed, self._underlay.moving_box(model))
+        if self._fxaa is not None:
+            changed = union_box(changed, grow_box(avatar, FXAA_REACH))  # the pass reads around what it smooths
+        changed = clip_box(np.array(changed).reshape(2, 2), self.options.size, margin=0) if changed else None
+        frame = self._still.copy()
+        if changed is None:
+            return frame
+        self._draw_scene(model, scissor=self._gl_box(changed))
+        if self._fxaa is not None and avatar is not None:  # smooth the avatar's box, copy the rest as drawn
+            self._output.use()
+            self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+            self.ctx.scissor = self._gl_box(avatar)
+            self._scene_color.use(0)
+            self._fxaa.render(moderngl.TRIANGLE_STRIP)
+            self.ctx.scissor = None
+            self._paste(frame, self._output, avatar)
+            for box in subtract_box(changed, avatar):
+                self._paste(frame, self._scene, box)
+            return frame
+        source = self._scene
+        if self._draw_target is not self._scene:
+            self.ctx.copy_framebuffer(self._output, self._draw_target)  # resolves MSAA
+            source = self._output
+        self._paste(frame, source, changed)
+        return frame
+
+    def _draw_scene(self, model: np.ndarray, scissor: tuple[int, int, int, int] | None,
+                    avatar: bool = True) -> None:
+        """Background, underlay and (with ``avatar``) the mesh into the draw target, within ``scissor`` (GL box)."""
         self._draw_target.use()
+        self.ctx.scissor = scissor
         self.ctx.clear(*self.options.background, 1.0)
         if self._background_vao is not None:
             self.ctx.disable(moderngl.DEPTH_TEST)
             self._background.use(0)
             self._background_vao.render(moderngl.TRIANGLE_STRIP)
         if self._underlay is not None:
-            self._underlay.draw(model)
-        self.ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
-        self.albedo.use(0)
-        if self._normal_map is not None:
-            self._normal_map.use(1)
-        if self._photo is not None:
-            self._photo.use(3)
-            self.ctx.enable(moderngl.BLEND)
-        self.vao.render(moderngl.TRIANGLES)
-        self.ctx.disable(moderngl.BLEND)
-        if self._fxaa is not None:
-            # the pass costs per pixel: run it only around the avatar, copy the rest
-            self.ctx.copy_framebuffer(self._output, self._scene)
-            self._output.use()
-            self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
-            self.ctx.scissor = self._screen_box(vertices, model)
-            self._scene_color.use(0)
-            self._fxaa.render(moderngl.TRIANGLE_STRIP)
-            self.ctx.scissor = None
-        else:
-            self.ctx.copy_framebuffer(self._output, self._draw_target)  # resolves MSAA, or copies
-        width, height = self.options.size
-        pixels = self._output.read(components=3, alignment=1)
-        return np.frombuffer(pixels, np.uint8).reshape(height, width, 3)[::-1]
+            self._underlay.draw(model, still_only=not avatar)
+        if avatar:
+            self.ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+            self.albedo.use(0)
+            if self._normal_map is not None:
+                self._normal_map.use(1)
+            if self._photo is not None:
+                self._photo.use(3)
+                self.ctx.enable(moderngl.BLEND)
+            self.vao.render(moderngl.TRIANGLES)
+            self.ctx.disable(moderngl.BLEND)
+        self.ctx.scissor = None
 
-    def _screen_box(self, vertices: np.ndarray, model: np.ndarray) -> tuple[int, int, int, int]:
-        """GL scissor box (x, y from the bottom, width, height) around the projected bounding box of ``vertices``."""
+    def _render_still(self) -> np.ndarray:
+        """(H, W, 3) uint8: the background and the underlay's still parts, what every frame shows outside the box."""
+        width, height = self.options.size
+        self._draw_scene(np.eye(4, dtype=np.float32), scissor=None, avatar=False)
+        source = self._scene
+        if self._draw_target is not self._scene:
+            self.ctx.copy_framebuffer(self._output, self._draw_target)
+            source = self._output
+        pixels = source.read(components=3, alignment=1)
+        return np.frombuffer(pixels, np.uint8).reshape(height, width, 3)[::-1].copy()
+
+    def _paste(self, frame: np.ndarray, source: moderngl.Framebuffer, box: tuple[int, int, int, int]) -> None:
+        """Read ``box`` (pixels x0, y0, x1, y1, y down) of ``source`` into the same place of ``frame``."""
+        x0, y0, x1, y1 = box
+        if x1 <= x0 or y1 <= y0:
+            return
+        height = self.options.size[1]
+        pixels = source.read(viewport=(x0, height - y1, x1 - x0, y1 - y0), components=3, alignment=1)
+        frame[y0:y1, x0:x1] = np.frombuffer(pixels, np.uint8).reshape(y1 - y0, x1 - x0, 3)[::-1]
+
+    def _pixel_box(self, vertices: np.ndarray, model: np.ndarray) -> tuple[int, int, int, int] | None:
+        """Pixels (x0, y0, x1, y1, y down, within the frame) around the projected bounding box of ``vertices``."""
         low, high = vertices.min(axis=0), vertices.max(axis=0)
         corners = np.array(np.meshgrid(*zip(low, high, strict=True))).reshape(3, -1).T
-        pixels = self.project(corners, model)
-        width, height = self.options.size
-        x0, y0 = np.clip(np.floor(pixels.min(axis=0)) - 2, 0, [width, height]).astype(int)
-        x1, y1 = np.clip(np.ceil(pixels.max(axis=0)) + 2, 0, [width, height]).astype(int)
-        return int(x0), int(height - y1), int(x1 - x0), int(y1 - y0)
+        return clip_box(self.project(corners, model), self.options.size, margin=2)
+
+    def _gl_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """GL scissor box (x, y from the bottom, width, height) of a pixel box."""
+        x0, y0, x1, y1 = box
+        return x0, self.options.size[1] - y1, x1 - x0, y1 - y0
 
     def project(self, points: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
         """Pixel coordinates (x right, y down) of model-space ``points`` (K, 3) in the rendered image."""
@@ -301,6 +356,35 @@ class AvatarRenderer:
             resources.append(self._underlay)
         for resource in resources:
             resource.release()
+
+
+Box = tuple[int, int, int, int]  # pixels x0, y0, x1, y1 (exclusive), y down
+
+
+def clip_box(points: np.ndarray, size: tuple[int, int], margin: int) -> Box | None:
+    """The pixel box around ``points`` (K, 2), grown by ``margin`` and clipped to the frame; None if outside it."""
+    width, height = size
+    x0, y0 = np.clip(np.floor(points.min(axis=0)) - margin, 0, [width, height]).astype(int)
+    x1, y1 = np.clip(np.ceil(points.max(axis=0)) + margin, 0, [width, height]).astype(int)
+    return (int(x0), int(y0), int(x1), int(y1)) if x1 > x0 and y1 > y0 else None
+
+
+def union_box(a: Box | None, b: Box | None) -> Box | None:
+    if a is None or b is None:
+        return a or b
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def grow_box(box: Box | None, margin: int) -> Box | None:
+    return None if box is None else (box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin)
+
+
+def subtract_box(outer: Box, inner: Box) -> list[Box]:
+    """Up to four boxes covering ``outer`` outside ``inner`` (which lies within it)."""
+    x0, y0, x1, y1 = outer
+    a0, b0, a1, b1 = inner
+    boxes = [(x0, y0, x1, b0), (x0, b1, x1, y1), (x0, b0, a0, b1), (a1, b0, x1, b1)]
+    return [box for box in boxes if box[2] > box[0] and box[3] > box[1]]
 
 
 def texture_from_image(ctx: moderngl.Context, image: np.ndarray, mipmaps: bool) -> moderngl.Texture:
