@@ -6,6 +6,7 @@ DirectShow camera, OBS Virtual Camera) cannot run here.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from realtime.ict.pipeline import PipelineOptions
 from realtime.io import capture
 from realtime.io.clips import ClipWriter, interrupt_on_sigterm, probe_video
 from realtime.io.virtual_camera import VirtualCamera, install_advice
+from realtime.rendering import renderer
 from realtime.rendering.renderer import create_context
 from tests.conftest import PROJECT
 
@@ -81,6 +83,30 @@ def test_the_linux_context_is_a_real_headless_one() -> None:
         assert ctx.version_code >= 330
     finally:
         ctx.release()
+
+
+@on(*PLATFORMS)
+def test_the_wait_for_a_frame_lets_other_threads_run(platform: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """glFinish is looked up in the platform's own OpenGL library (loaded through ctypes, which lets go of the GIL
+    while it waits); where that library is missing, reads wait as before instead of failing."""
+    loaded: list[str] = []
+    real_library = ctypes.CDLL
+
+    class Library:
+        def __init__(self, name: str) -> None:
+            loaded.append(name)
+            if platform != "linux":
+                raise OSError(f"{name}: cannot open shared object file")  # not on this machine
+            self.glFinish = real_library(name).glFinish
+
+    monkeypatch.setattr(renderer.ctypes, "CDLL", Library)
+    finish = renderer.native_gl_finish()
+    if platform == "linux":
+        assert loaded == ["libGL.so.1"] and finish is not None
+    else:
+        assert loaded == (["opengl32"] if platform == "win32" else
+                          ["/System/Library/Frameworks/OpenGL.framework/OpenGL"])
+        assert finish is None
 
 
 # --- where files go ----------------------------------------------------------------------------------------------

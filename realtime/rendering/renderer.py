@@ -1,7 +1,9 @@
 """ModernGL rendering of the avatar: an off-screen (EGL) or window context, anti-aliased, depth-tested, softly lit."""
 
+import ctypes
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -264,6 +266,7 @@ class AvatarRenderer:
         if changed is None:
             return frame
         self._draw_scene(model, scissor=self._gl_box(changed))
+        _finish_without_gil()
         if self._fxaa is not None and avatar is not None:  # smooth the avatar's box, copy the rest as drawn
             self._output.use()
             self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
@@ -271,6 +274,7 @@ class AvatarRenderer:
             self._scene_color.use(0)
             self._fxaa.render(moderngl.TRIANGLE_STRIP)
             self.ctx.scissor = None
+            _finish_without_gil()
             self._paste(frame, self._output, avatar)
             for box in subtract_box(changed, avatar):
                 self._paste(frame, self._scene, box)
@@ -356,6 +360,32 @@ class AvatarRenderer:
             resources.append(self._underlay)
         for resource in resources:
             resource.release()
+
+
+def native_gl_finish() -> Callable[[], None] | None:
+    """The platform OpenGL library's glFinish through ctypes, or None where it cannot be loaded.
+
+    moderngl holds the GIL in every call, and glReadPixels on a software rasteriser waits there for the frame to be
+    rasterised: the tracker's and the posing thread's Python would stop for as long (other Python threads ran at 20-34%
+    of their rate during draws). ctypes lets go of the GIL while glFinish waits; the read that follows only copies.
+    """
+    names = {"win32": ("opengl32",), "darwin": ("/System/Library/Frameworks/OpenGL.framework/OpenGL",)}.get(
+        sys.platform, ("libGL.so.1", "libOpenGL.so.0"))
+    for name in names:
+        try:
+            return ctypes.CDLL(name).glFinish
+        except (OSError, AttributeError):
+            continue
+    log.debug("no OpenGL library for glFinish through ctypes: reads wait holding the GIL")
+    return None
+
+
+_NATIVE_GL_FINISH = native_gl_finish()
+
+
+def _finish_without_gil() -> None:
+    if _NATIVE_GL_FINISH is not None:
+        _NATIVE_GL_FINISH()
 
 
 Box = tuple[int, int, int, int]  # pixels x0, y0, x1, y1 (exclusive), y down
