@@ -11,6 +11,7 @@ paths, same keys, dtypes and shapes, with synthetic content (a deformed sphere o
 * `write_landmark_embedding`: DECA's ``landmark_embedding.npy``, a .npy of a 0-d object array holding a dict whose
   ``dynamic_*`` values are torch tensors.
 * `write_head_template`: DECA's ``head_template.obj``: 5023 ``v``, 5118 ``vt``, 9976 ``f v/vt`` lines.
+* `write_head_files`: all of the above a DECA data folder needs besides ``deca_model.tar``, with DECA's maps.
 * `write_malicious_pickle`, `write_pickle_calling`, `write_malicious_npy`: files whose loading would run code.
 
 The legacy streams come from `LegacyPickler`, a pure-Python pickler that writes chosen classes and functions under
@@ -329,6 +330,22 @@ def write_head_template(
         corners = [f"{v + 1}/{texcoord_of_corner(v, face) + 1}" for v in face]
         lines.append("f " + " ".join(corners))
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+def write_head_files(folder: Path, rng: np.random.Generator) -> None:
+    """The files of a DECA data folder besides ``deca_model.tar`` that the FLAME + DECA path reads: FLAME 2020's
+    ``generic_model.pkl``, ``head_template.obj`` on its faces, ``fixed_displacement_256.npy`` (in DECA's range),
+    ``uv_face_eye_mask.png`` (an ellipse, RGBA as DECA's) and ``mean_texture.jpg`` (flat)."""
+    import cv2
+
+    folder = Path(folder)
+    arrays = write_flame2020_pickle(folder / "generic_model.pkl", rng)
+    write_head_template(folder / "head_template.obj", arrays["f"].astype(np.int64), rng, arrays["v_template"])
+    np.save(folder / "fixed_displacement_256.npy", rng.uniform(-0.0013, 0.0016, (256, 256)))
+    mask = np.zeros((256, 256, 4), np.uint8)
+    cv2.ellipse(mask, (128, 128), (80, 100), 0, 0, 360, (255, 255, 255, 255), -1)
+    cv2.imwrite(str(folder / "uv_face_eye_mask.png"), mask)
+    cv2.imwrite(str(folder / "mean_texture.jpg"), np.full((512, 512, 3), (120, 150, 200), np.uint8))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -14,11 +14,16 @@
    graph (``<net>.fp32.onnx``, specific to this machine's CPU); int8 is a static QDQ quantisation with per-channel
    weights (``<net>.int8.onnx``, calibration table ``<net>.int8.calibration.json`` beside it). An INT8 engine over the
    accuracy bounds stated in `realtime.deca.engines` is refused: deleted, left out of the manifest, and reported.
+   Those bounds hold each code coefficient's error to its own variation over the crops, and check what the app
+   shows: FLAME vertices (mm) and DECA's detail normals (degrees, rendered with OpenGL), so an INT8 build needs
+   FLAME's ``generic_model.pkl``, ``head_template.obj``, ``uv_face_eye_mask.png`` and
+   ``fixed_displacement_256.npy`` in the same ``--deca-data`` folder (the app needs them anyway).
    Backend ``tensorrt`` (NVIDIA GPU, the ``gpu`` extra; precision fp16 by default, or fp32): torch-tensorrt compiles
    each network and saves it as an ExportedProgram (``<net>.<precision>.trt.ep``). ``auto`` uses TensorRT when it
    can, else ONNX Runtime.
 4. Median latency over --runs calls (after warm-up) for torch fp32 and every engine, a summary table, and
-   ``engines/manifest.json`` (see `realtime.deca.engines`).
+   ``engines/manifest.json`` (see `realtime.deca.engines`): per engine its max abs errors, its vertex and
+   detail-normal errors (``downstream_errors``, when the FLAME files are there) and, for INT8, every bound it met.
 """
 
 import argparse
@@ -67,6 +72,7 @@ class Row:
     size_mb: float | None
     latency_ms: float
     errors: dict[str, float] = field(default_factory=dict)
+    downstream: dict[str, dict[str, float]] = field(default_factory=dict)  # see `downstream_errors`
     status: str = "ok"
 
 
@@ -163,8 +169,10 @@ def build_in(args: argparse.Namespace, backend: str, precisions: list[str], out:
     steps: list[tuple[str, Callable[[], None]]] = [
         ("load checkpoint", lambda: state.update(networks=load_deca_checkpoint(checkpoint),
                                                  checkpoint_sha256=engines.file_sha256(checkpoint))),
+        ("head model", lambda: state.update(head=head_model(Path(args.deca_data), required="int8" in precisions))),
         ("calibration crops", lambda: state.update(crops=calibration_crops(sources, args.max_crops))),
         ("torch fp32 reference", lambda: state.update(reference=torch_reference(state["networks"], state["crops"]))),
+        ("fp32 heads and detail normals", lambda: state.update(downstream_reference(state))),
     ]
     for network in engines.NETWORKS:
         steps.append((f"export {network}", lambda n=network: export_onnx(torch_module(state["networks"], n), n,
@@ -184,10 +192,13 @@ def build_in(args: argparse.Namespace, backend: str, precisions: list[str], out:
             steps.append((f"{backend} {precision} {network}", step))
     steps.append(("torch latency", lambda: rows.extend(torch_rows(state, args.runs))))
 
-    with tqdm(steps, desc="build engines", unit="step") as progress:
-        for description, run in progress:
-            progress.set_postfix_str(description)
-            run()
+    try:
+        with tqdm(steps, desc="build engines", unit="step") as progress:
+            for description, run in progress:
+                progress.set_postfix_str(description)
+                run()
+    finally:
+        release_downstream(state)
 
     rebuilt = {(e["network"], e["backend"], e["precision"]) for e in built}
     dropped = {(n, backend, p) for n, p in (key.split() for key in refused)}
@@ -281,11 +292,54 @@ def torch_reference(networks: Any, crops: np.ndarray) -> dict[str, np.ndarray]:
     with torch.inference_mode():
         code = np.concatenate([networks.e_flame(torch.from_numpy(x[None])).numpy() for x in images])
         detail = np.concatenate([networks.e_detail(torch.from_numpy(x[None])).numpy() for x in images])
-        parts = decompose_code(code)
-        latent = detail_input(parts["pose"][:, 3:6], parts["exp"], detail)
-        displacement = np.concatenate([networks.d_detail(torch.from_numpy(x[None])).numpy() for x in latent])
-    return {"images": images, "code": code, "exp": parts["exp"], "jaw": parts["pose"][:, 3:6], "detail": detail,
-            "latent": latent, "displacement": displacement}
+    parts = decompose_code(code)
+    latent = detail_input(parts["pose"][:, 3:6], parts["exp"], detail)
+    return {"images": images, "code": code, "shape": parts["shape"], "exp": parts["exp"], "jaw": parts["pose"][:, 3:6],
+            "detail": detail, "latent": latent, "displacement": torch_displacement(networks, latent)}
+
+
+def torch_displacement(networks: Any, latent: np.ndarray) -> np.ndarray:
+    """fp32 torch D_detail, one crop at a time: latent (N, 181) -> displacement (N, 1, 256, 256)."""
+    import torch
+
+    with torch.inference_mode():
+        return np.concatenate([networks.d_detail(torch.from_numpy(np.asarray(x[None], np.float32))).numpy()
+                               for x in latent])
+
+
+def head_model(deca_data: Path, required: bool) -> engines.HeadModel | None:
+    """FLAME and the detail-normal inputs for the downstream figures; None when absent and not ``required`` (the
+    INT8 check needs them: then their absence is a `UserError`)."""
+    if not required and not all((deca_data / name).is_file() for name in engines.HEAD_FILES):
+        log.info("no FLAME / detail-normal files in %s: the manifest gets no vertex or normal errors", deca_data)
+        return None
+    return engines.HeadModel.load(deca_data)
+
+
+def downstream_reference(state: dict[str, Any]) -> dict[str, Any]:
+    """An OpenGL context, the `engines.DetailNormals` pass and the fp32 torch heads and detail normals on the
+    calibration crops (state keys "gl", "detail_normals", "downstream"); nothing without a head model."""
+    from realtime.rendering.renderer import create_context
+
+    head, reference = state["head"], state["reference"]
+    if head is None:
+        return {}
+    try:
+        gl = create_context()
+    except UserError as err:
+        raise UserError(f"{err} (the INT8 check renders DECA's detail normals; or build --precision fp32)") from err
+    detail_normals = engines.DetailNormals(gl, head)
+    vertices = engines.head_vertices(head.flame, reference["shape"], reference["exp"], reference["jaw"])
+    normals, valid = detail_normals(vertices, reference["displacement"])
+    return {"gl": gl, "detail_normals": detail_normals,
+            "downstream": {"vertices": vertices, "normals": normals, "valid": valid}}
+
+
+def release_downstream(state: dict[str, Any]) -> None:
+    if "detail_normals" in state:
+        state.pop("detail_normals").release()
+    if "gl" in state:
+        state.pop("gl").release()
 
 
 def network_inputs(network: str, reference: dict[str, np.ndarray]) -> np.ndarray:
@@ -331,23 +385,27 @@ def build_one(network: str, precision: str, backend: str, out: Path, state: dict
         run = engines.ort_runner(engines.ort_session(path))
         extra["calibration"] = {"crops": crops_count, "table": cache.name, "method": "MinMax",
                                 "format": "QDQ, per-channel int8 weights, uint8 activations"}
-    errors = measure_errors(network, run, reference)
+    outputs = engine_outputs(network, run, reference)
+    errors = measure_errors(network, outputs, reference)
+    downstream = downstream_errors(network, outputs, state)
     row = Row(network, f"{backend} {precision}", path.stat().st_size / 1e6, median_latency(run, inputs[:1], runs),
-              errors)
+              errors, downstream)
     entry = {"network": network, "backend": backend, "precision": precision, "file": path.name,
              "sha256": engines.file_sha256(path), "checkpoint_sha256": state["checkpoint_sha256"],
              "onnx": onnx_path.name, "opset": OPSET,
              "inputs": [dict(zip(("name", "shape"), engines.INPUTS[network], strict=True))],
              "outputs": [dict(zip(("name", "shape"), engines.OUTPUTS[network], strict=True))],
              "runtime": runtime_versions(backend), "built": datetime.datetime.now(datetime.UTC).isoformat(),
-             "max_errors": errors, "latency_ms": round(row.latency_ms, 3), **extra}
+             "max_errors": errors, "downstream_errors": downstream, "latency_ms": round(row.latency_ms, 3), **extra}
     if precision == "int8":
-        bounds = engines.error_bounds(network, reference)
-        entry["error_bounds"] = bounds
-        over = {k: (errors[k], bound) for k, bound in bounds.items() if not errors[k] < bound}
+        checks = engines.code_checks(network, reference, outputs)
+        if "downstream" not in state:  # `head_model` makes an INT8 build without it a UserError: never unchecked
+            raise RuntimeError("INT8 engines are checked on FLAME and the detail normals, which were not loaded")
+        checks.update(engines.downstream_checks(downstream))
+        entry["error_bounds"] = checks
+        over = engines.over_bounds(checks)
         if over:
-            row.status = (f"refused: INT8 {network} exceeds the accuracy bound ("
-                          + ", ".join(f"{k} max error {e:.3g} >= {b:.3g}" for k, (e, b) in over.items())
+            row.status = (f"refused: INT8 {network} exceeds the accuracy bound (" + ", ".join(over)
                           + "); not written to the manifest: the app uses the fp32 engine")
             path.unlink(missing_ok=True)
             return None, row
@@ -402,20 +460,48 @@ def compile_tensorrt(module: Any, network: str, precision: str, path: Path) -> C
     return engines.tensorrt_runner(path)
 
 
-def measure_errors(network: str, run: Callable[[np.ndarray], np.ndarray],
-                   reference: dict[str, np.ndarray]) -> dict[str, float]:
-    """Max abs error vs fp32 torch over the calibration crops: exp, jaw and the whole code for E_flame."""
+def engine_outputs(network: str, run: Callable[[np.ndarray], np.ndarray],
+                   reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The engine on every calibration input, named as in the reference: E_flame "code" (N, 236), "exp" (N, 50),
+    "jaw" (N, 3); E_detail "detail" (N, 128); D_detail "displacement" (N, 1, 256, 256)."""
     from realtime.deca.networks import decompose_code
 
     outputs = np.concatenate([run(x[None]) for x in network_inputs(network, reference)])
     if network == "E_flame":
         parts = decompose_code(outputs)
-        return {"exp": _max_error(parts["exp"], reference["exp"]),
-                "jaw": _max_error(parts["pose"][:, 3:6], reference["jaw"]),
-                "code": _max_error(outputs, reference["code"])}
-    if network == "E_detail":
-        return {"detail": _max_error(outputs, reference["detail"])}
-    return {"displacement": _max_error(outputs, reference["displacement"])}
+        return {"code": outputs, "exp": parts["exp"], "jaw": parts["pose"][:, 3:6]}
+    return {"detail" if network == "E_detail" else "displacement": outputs}
+
+
+def measure_errors(network: str, outputs: dict[str, np.ndarray],
+                   reference: dict[str, np.ndarray]) -> dict[str, float]:
+    """Max abs error vs fp32 torch over the calibration crops: exp, jaw and the whole code for E_flame."""
+    names = ("exp", "jaw", "code") if network == "E_flame" else tuple(outputs)
+    return {name: _max_error(outputs[name], reference[name]) for name in names}
+
+
+def downstream_errors(network: str, outputs: dict[str, np.ndarray], state: dict[str, Any]) -> dict[str, Any]:
+    """What the engine's outputs change on screen, the other networks in fp32 (see `realtime.deca.engines`):
+    {"vertex_mm": {"max", "p95"}, "normal_degrees": {"max", "p95"}}; {} without a head model."""
+    from realtime.deca.networks import detail_input
+
+    if "downstream" not in state:
+        return {}
+    reference, base = state["reference"], state["downstream"]
+    vertices = base["vertices"]
+    if network == "E_flame":
+        vertices = engines.head_vertices(state["head"].flame, reference["shape"], outputs["exp"], outputs["jaw"])
+        displacement = torch_displacement(state["networks"],
+                                          detail_input(outputs["jaw"], outputs["exp"], reference["detail"]))
+    elif network == "E_detail":
+        displacement = torch_displacement(state["networks"],
+                                          detail_input(reference["jaw"], reference["exp"], outputs["detail"]))
+    else:
+        displacement = outputs["displacement"]
+    normals, valid = state["detail_normals"](vertices, displacement)
+    angles = engines.normal_angles_degrees(base["normals"], normals)[valid & base["valid"]]
+    return {"vertex_mm": engines.error_summary(engines.vertex_errors_mm(base["vertices"], vertices)),
+            "normal_degrees": engines.error_summary(angles)}
 
 
 def _max_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -471,6 +557,10 @@ def summary_table(report: BuildReport) -> str:
     for row in report.rows:
         size = f"{row.size_mb:8.1f}" if row.size_mb is not None else f"{'-':>8}"
         errors = ", ".join(f"{k} {v:.2e}" for k, v in row.errors.items()) or "(reference)"
+        if row.downstream:
+            vertex, normal = row.downstream["vertex_mm"], row.downstream["normal_degrees"]
+            errors += (f"; vertices max {vertex['max']:.3g} mm, detail normals p95 {normal['p95']:.3g} max "
+                       f"{normal['max']:.3g} deg")
         status = "" if row.status == "ok" else "  REFUSED"
         lines.append(f"{row.network:<9} {row.engine:<17} {size} {row.latency_ms:10.2f}  {errors}{status}")
     for why in report.refused.values():
