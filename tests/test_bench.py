@@ -1,4 +1,5 @@
-"""Smoke test of tools/bench.py: it runs end to end and reports every stage. No assertion on speed."""
+"""Smoke test of tools/bench.py: it runs end to end and reports every figure, per look and size. No assertion on
+speed: a missed target is a warning, never a failure."""
 
 import json
 import subprocess
@@ -9,24 +10,43 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
 MEDIA = PROJECT.parent / "shared" / "assets" / "media"
-STAGES = ("decode", "track", "retarget", "geometry", "render", "encode")
+STAGES = ("decode", "track", "retarget", "geometry", "render")
+LOOKS = ("photo", "head")
+FRAMES, WARMUP = 30, 10
 
 
 @pytest.mark.slow
-def test_bench_runs_and_reports_every_stage(tmp_path: Path) -> None:
+def test_bench_runs_and_reports_every_figure(tmp_path: Path) -> None:
     if not (MEDIA / "pyfeat_single_face.mp4").is_file() or not (MEDIA / "skimage_astronaut.png").is_file():
         pytest.skip(f"sample media not found in {MEDIA}")
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, str(PROJECT / "tools" / "bench.py"), "--frames", "30", "--repeat", "1", "--json", str(out)],
+        [sys.executable, str(PROJECT / "tools" / "bench.py"), "--frames", str(FRAMES), "--repeat", "1",
+         "--size", "320x240", "--json", str(out)],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert set(report["stages"]) == set(STAGES)
-    for stage in STAGES:
-        assert report["stages"][stage]["samples"] == 20  # 30 frames less the 10 warm-up frames
-        assert report["stages"][stage]["median_ms"] >= 0
-    assert report["clip"]["frames"] == 30 and report["clip"]["size"] == [640, 480]
-    assert len(report["whole"]["runs"]) == 1 and report["whole"]["runs"][0]["frames"] == 30
-    assert "sum of medians" in result.stdout
+    assert report["warmup_frames"] == WARMUP
+    assert list(report["sizes"]) == ["320x240"]
+    size = report["sizes"]["320x240"]
+    assert size["clip"]["frames"] == FRAMES and size["clip"]["size"] == [320, 240]
+    tracker = size["tracker_alone"]
+    assert tracker["fps_median"] > 0 and len(tracker["runs"]) == 1 and tracker["runs"][0]["frames"] == FRAMES - WARMUP
+    assert set(size["looks"]) == set(LOOKS)
+    for look in LOOKS:
+        figures = size["looks"][look]
+        assert set(figures["stages"]) == set(STAGES)
+        for stage in STAGES:
+            assert figures["stages"][stage]["samples"] == FRAMES - WARMUP
+            assert figures["stages"][stage]["median_ms"] >= 0 and figures["stages"][stage]["cores"] >= 0
+        assert figures["encode"]["frames"] == FRAMES and figures["encode"]["fps"] > 0
+        assert len(figures["whole"]["runs"]) == 1 and figures["whole"]["runs"][0]["frames"] == FRAMES
+        assert figures["ratio"] == pytest.approx(figures["whole"]["fps_median"] / tracker["fps_median"])
+        assert figures["target"] == 0.8  # 320x240 is within 640x480's area
+        assert isinstance(figures["met"], bool)
+    assert {(row["size"], row["look"]) for row in report["summary"]} == {("320x240", look) for look in LOOKS}
+    assert "tracker alone" in result.stdout and "whole pipeline" in result.stdout and "ratio" in result.stdout
+    for look in LOOKS:
+        assert any(line.split()[:2] == ["320x240", look] and line.split()[-1] in ("met", "MISSED")
+                   for line in result.stdout.splitlines())
