@@ -202,6 +202,7 @@ class PhotoLook:
         self.ctx = ctx
         self.layers = layers
         positions, uv, motion, triangles = self._grid(projection, depth_map, covered)
+        triangles = triangles[~clear_triangles(uv[triangles], np.round(layers.layer * 255) > 0)]
         # still triangles first: they are drawn once into the renderer's still frame, and only scissored after that
         moves = motion[triangles].max(axis=1) > 0.0
         triangles = np.r_[triangles[~moves], triangles[moves]]
@@ -279,6 +280,20 @@ class PhotoLook:
     def release(self) -> None:
         for resource in (self.vao, self._index, *self._buffers, self.texture, self.program):
             resource.release()
+
+
+def clear_triangles(uv: np.ndarray, opaque: np.ndarray) -> np.ndarray:
+    """(T,) bool: the triangles with frame UVs ``uv`` (T, 3, 2) whose texels (and their bilinear neighbours) are all
+    fully transparent in ``opaque`` (H, W) bool: they would blend nothing, so they need not be drawn."""
+    height, width = opaque.shape
+    counts = np.zeros((height + 1, width + 1), np.int64)  # summed-area table of the opaque texels
+    counts[1:, 1:] = np.cumsum(np.cumsum(opaque, axis=0), axis=1)
+    pixels = uv * np.array([width, height])
+    x0 = np.clip(np.floor(pixels[..., 0].min(axis=1)).astype(int) - 1, 0, width)
+    y0 = np.clip(np.floor(pixels[..., 1].min(axis=1)).astype(int) - 1, 0, height)
+    x1 = np.clip(np.ceil(pixels[..., 0].max(axis=1)).astype(int) + 2, 0, width)
+    y1 = np.clip(np.ceil(pixels[..., 1].max(axis=1)).astype(int) + 2, 0, height)
+    return counts[y1, x1] - counts[y0, x1] - counts[y1, x0] + counts[y0, x0] == 0
 
 
 def smooth_depth(depth_map: np.ndarray, covered: np.ndarray, blur: float) -> np.ndarray:
