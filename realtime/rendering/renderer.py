@@ -373,9 +373,11 @@ def native_gl_finish() -> Callable[[], None] | None:
         sys.platform, ("libGL.so.1", "libOpenGL.so.0"))
     for name in names:
         try:
-            return ctypes.CDLL(name).glFinish
+            finish = ctypes.CDLL(name).glFinish
         except (OSError, AttributeError):
             continue
+        finish.argtypes, finish.restype = [], None
+        return finish
     log.debug("no OpenGL library for glFinish through ctypes: reads wait holding the GIL")
     return None
 
