@@ -58,7 +58,8 @@ def blendshape_matrix(expression_names: tuple[str, ...], mirrored: bool = False)
 
 
 def simplify_part(model: IctModel, part: str, reduction: float) -> np.ndarray:
-    """A coarser copy of an untextured part over a subset of its own vertices, (T', 3) render-vertex triangles.
+    """A coarser copy of a part over a subset of its own vertices, (T', 3) render-vertex triangles; for untextured
+    parts, or where what shows does not depend on atlas UVs (a triangle across a UV seam takes one side's UVs).
 
     Quadric edge collapses (fast-simplification) are replayed as half-edge collapses: every removed vertex merges into
     the vertex that survives it, which keeps its original position, so the coarse mesh deforms with the same
@@ -87,9 +88,9 @@ def simplify_part(model: IctModel, part: str, reduction: float) -> np.ndarray:
     return render_of[triangles].astype(np.int32)
 
 
-def drawn_triangles(model: IctModel) -> np.ndarray:
-    """(T', 3) render-vertex triangles the avatar draws."""
-    parts = [simplify_part(model, name, SIMPLIFIED_PARTS[name]) if name in SIMPLIFIED_PARTS
+def drawn_triangles(model: IctModel, simplified: dict[str, float] = SIMPLIFIED_PARTS) -> np.ndarray:
+    """(T', 3) render-vertex triangles the avatar draws, the ``simplified`` parts reduced by their fractions."""
+    parts = [simplify_part(model, name, simplified[name]) if name in simplified
              else model.triangles[model.part_mask(name)] for name in PART_COLORS]
     return np.concatenate(parts)
 

@@ -19,7 +19,7 @@ from realtime.compositing.photo_look import (
     rest_depth,
 )
 from realtime.head import AvatarPose
-from realtime.ict.avatar import Avatar, build_avatar_mesh, drawn_triangles
+from realtime.ict.avatar import SIMPLIFIED_PARTS, Avatar, build_avatar_mesh, drawn_triangles
 from realtime.ict.identity import Identity
 from realtime.ict.model import IctModel
 from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderOptions
@@ -27,6 +27,10 @@ from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderO
 SKIN_PARTS = ("face",)  # fades into the photo at its outline
 HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown instead
 # Unlit, the mouth's materials would be as bright as lit skin; a real mouth interior is in the lips' shadow.
+# The face shows the photo through frame UVs that follow its positions, continuous across the texture atlas's seams:
+# half its triangles draw the same picture (mean difference 0.13 of 255 at 640x480, mouth open and head turned) for
+# 15% less drawing
+PHOTO_SIMPLIFIED_PARTS = {**SIMPLIFIED_PARTS, "face": 0.5}
 MOUTH_SHADOW = {"mouth_socket": 0.5, "gums_tongue": 0.45, "teeth": 0.9}
 
 
@@ -38,7 +42,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     layers = build_photo_layers(photo, view.person, view.landmarks, size)
     projection = layers.framing.projection(view.projection())
     vertices, normals = avatar.pose(view.expression)
-    triangles = drawn_triangles(model)
+    triangles = drawn_triangles(model, PHOTO_SIMPLIFIED_PARTS)
     depth_map, covered = rest_depth(ctx, vertices, model.render_vertex[triangles], projection, size)
 
     render_vertices = model.render_vertex
