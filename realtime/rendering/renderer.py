@@ -1,7 +1,10 @@
 """ModernGL rendering of the avatar: an off-screen (EGL) or window context, anti-aliased, depth-tested, softly lit."""
 
+import ctypes
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +26,31 @@ def offscreen_backend() -> str | None:
     """The glcontext backend for an off-screen context here: EGL on Linux (headless, no X server needed), None
     elsewhere: glcontext's standalone context of the platform (WGL on Windows, CGL on macOS; they have no EGL)."""
     return "egl" if sys.platform.startswith("linux") else None
+
+
+# The system OpenGL library, which exports glFinish (OpenGL 1.0) and runs it on the calling thread's current context
+GL_LIBRARIES = {
+    "linux": ("libGL.so.1", "libOpenGL.so.0"),
+    "darwin": ("/System/Library/Frameworks/OpenGL.framework/OpenGL",),
+    "win32": ("opengl32",),
+}
+
+
+@functools.cache
+def gl_finish() -> Callable[[], None] | None:
+    """glFinish called through ctypes, which lets go of Python's GIL while the GL works, unlike moderngl's calls: a
+    software GL (llvmpipe) rasterises a frame for tens of milliseconds, during which the live loop's output thread must
+    still run. None where no system GL library is found (then reading the pixels waits, holding the GIL)."""
+    platform = "linux" if sys.platform.startswith("linux") else sys.platform
+    for name in GL_LIBRARIES.get(platform, ()):
+        try:
+            finish = ctypes.CDLL(name).glFinish
+        except (OSError, AttributeError):
+            continue
+        finish.argtypes, finish.restype = [], None
+        return finish
+    log.debug("no system OpenGL library for glFinish: reading pixels holds the GIL")
+    return None
 
 
 def create_context(backend: str | None = OFFSCREEN) -> moderngl.Context:
@@ -243,6 +271,9 @@ class AvatarRenderer:
             self.ctx.enable(moderngl.BLEND)
         self.vao.render(moderngl.TRIANGLES)
         self.ctx.disable(moderngl.BLEND)
+        finish = gl_finish()
+        if finish is not None:
+            finish()  # the GL draws without the GIL (copying a framebuffer waits for it, holding the GIL)
         if self._fxaa is not None:
             # the pass costs per pixel: run it only around the avatar, copy the rest
             self.ctx.copy_framebuffer(self._output, self._scene)
@@ -255,6 +286,8 @@ class AvatarRenderer:
         else:
             self.ctx.copy_framebuffer(self._output, self._draw_target)  # resolves MSAA, or copies
         width, height = self.options.size
+        if finish is not None:
+            finish()  # and the anti-aliasing pass too: the read below only copies
         pixels = self._output.read(components=3, alignment=1)
         return np.frombuffer(pixels, np.uint8).reshape(height, width, 3)[::-1]
 
