@@ -3,15 +3,17 @@
 ``SteppedCamera`` is camera hardware (an ``open_device`` for ``Capture``, like ``tests.test_capture.CameraRig``) that
 delivers the next frame of a real clip only when the test releases it. Stepped from a ``LoopWatchingBackend``'s
 ``on_send`` (``step_after_each_new_frame``), it waits for the consumer: the next camera frame is captured and in the
-capture's slot before the loop asks for it, so which frames the loop gets, and whether it ever has to repeat one, is
-the same on a fast, slow or busy machine.
+capture's slot before the loop's GL thread can ask for it, so which frames the loop draws is the same on a fast, slow
+or busy machine (how many times the output thread sends each one again while the next is drawn is not). Stepped from
+the GL thread instead (``HookedDrawing``), the camera delivers frames while the loop is busy drawing.
 
 Where what the loop computes depends on the time between frames (smoothing, easing), ``camera_clock`` also gives the
 capture the camera's own clock, which runs one frame period per frame delivered: a paced fake clock, so that every
 frame is drawn ``1 / fps`` after the one before, whatever the machine's speed.
 
-``live_outputs`` lines up what the loop recorded (``LiveStats``) with what the virtual camera received, and
-``assert_newest_frame_wins`` checks the latency of every new output against the loop's own pace in the same run.
+``live_outputs`` lines up what the loop recorded (``LiveStats``) with what the virtual camera received,
+``assert_newest_frame_wins`` checks the latency of every new output against the loop's own pace in the same run, and
+``assert_paced`` that the outputs never come faster than their rate.
 """
 
 from __future__ import annotations
@@ -153,15 +155,52 @@ def step(camera: SteppedCamera, capture, count: int = 1) -> None:
     wait_until(lambda: capture.frames_captured >= allowed, f"the capture to get camera frame {allowed}")
 
 
-def step_after_each_new_frame(camera: SteppedCamera, capture, count: int = 1):
+def step_after_each_new_frame(loop, camera: SteppedCamera, capture, new_frames: int, count: int = 1):
     """An ``on_send`` for ``LoopWatchingBackend``: after each new output, ``count`` more camera frames, captured before
-    the loop asks for the next one (so it never waits for the camera, and never repeats a frame for want of one)."""
+    the GL thread asks for the next one (so it never waits for the camera, and draws every frame it gets once); after
+    the ``new_frames``-th new output, none: the loop is stopped."""
 
     def on_send(device, new: bool) -> None:
-        if new:
+        if not new:
+            return
+        if device.new.count(True) >= new_frames:
+            loop.stop()
+        else:
             step(camera, capture, count)
 
     return on_send
+
+
+class HookedDrawing:
+    """A real pipeline whose ``draw`` then runs ``after(n)``, on the GL thread, once it has drawn its n-th camera frame
+    (1-based) and before the loop hands that frame on: a test steps a camera, or makes drawing slow, from there.
+    Everything else, the redraws of a pose included (``render_pose``), is the pipeline's own."""
+
+    def __init__(self, pipeline, after) -> None:
+        self._pipeline, self._after = pipeline, after
+        self.draws = 0
+
+    def draw(self, geometry) -> np.ndarray:
+        image = self._pipeline.draw(geometry)
+        self.draws += 1
+        self._after(self.draws)
+        return image
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._pipeline, name)
+
+
+class OverlayWindow:
+    """Stands in for the preview window (which needs a display): no keys; keeps every overlay the loop shows."""
+
+    def __init__(self) -> None:
+        self.overlays: list = []
+
+    def poll(self) -> list:
+        return []
+
+    def show(self, camera: np.ndarray | None, avatar: np.ndarray, overlay) -> None:
+        self.overlays.append(overlay)
 
 
 @dataclass(frozen=True)
@@ -179,8 +218,7 @@ def live_outputs(stats, device) -> list[Output]:
     that the two agree: every output frame reached the virtual camera, and each held frame is the one before again."""
     frames = device.frames
     assert len(frames) == stats.frames_out == len(stats.output_times) == len(device.new), "every frame reached it"
-    assert sum(device.new) == stats.frames_rendered == len(stats.latencies_ms)
-    assert stats.frames_held == stats.frames_out - stats.frames_rendered
+    assert sum(device.new) == stats.frames_out - stats.frames_held == len(stats.latencies_ms) <= stats.frames_rendered
     ages = iter(stats.latencies_ms)
     outputs = [
         Output(time, new, next(ages) / 1000 if new else None, frame.checksum)
@@ -196,11 +234,13 @@ def assert_newest_frame_wins(outputs: list[Output], depth: int) -> None:
     """Each new frame's camera frame is younger than the last ``depth`` new output frames took, on the loop's own
     pace in this run, however fast or loaded the machine.
 
-    Why: the loop takes the newest camera frame, and the capture stamps a frame after it has put the one before. The
-    frame drawn for new output j was not yet in the slot when the loop (or the tracking worker) took the frame two
-    takes before it, which was after output j - depth: 3 for the loop alone (one take per new output), 7 with the
-    worker, whose tracking, posing and drawing stages each hold at most one frame (four frames ahead of a take, plus
-    the two taken). A queue of stale frames breaks it as soon as it is a few frames long."""
+    Why: each stage takes the newest of what the stage before holds, and the capture stamps a frame after it has put
+    the one before. So the frame the GL thread draws was not yet in the capture's slot two takes before, and the
+    output thread sends the newest drawn frame, which may wait for its tick while the next one is drawn. Hence
+    ``depth``: 3 with the camera stepped from the output thread (the frame is captured while the one before is sent);
+    4 stepped from the GL thread (captured while the one before is drawn); 5 with the camera at its own pace (two
+    takes, one frame waiting for its tick, one being sent); 9 with the worker, whose tracking and posing stages each
+    hold one frame more. A queue of stale frames breaks it as soon as it is a few frames long."""
     new = [output for output in outputs if output.new]
     for j in range(depth, len(new)):
         age, span = new[j].age, new[j].time - new[j - depth].time
@@ -209,3 +249,13 @@ def assert_newest_frame_wins(outputs: list[Output], depth: int) -> None:
             f"frames took ({span * 1000:.0f} ms): a stale frame, not the newest (ages: "
             f"{[round(o.age * 1000) for o in new]} ms)"
         )
+
+
+def assert_paced(arrivals: list[float], period: float) -> None:
+    """Output frames that arrived at these times (``time.monotonic()``) never came faster than one per ``period``: the
+    output thread's ticks are ``period`` apart, each sent when due or late (made up at once), never early, and its
+    phase lock moves them by half a period either way at most; so ``n`` frames span at least ``n - 1`` periods, less
+    that (a period) and how late the first one was (a period, generously)."""
+    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - 3) * period, (
+        f"{len(arrivals)} frames in {arrivals[-1] - arrivals[0]:.3f} s, faster than one per {period * 1000:.1f} ms: "
+        f"intervals {np.round(np.diff(arrivals) * 1000).tolist()} ms")

@@ -215,7 +215,7 @@ def test_live_deca_tracks_on_a_worker_thread(deca_folder, gl_context, monkeypatc
             loop = LiveLoop(pipeline, capture, camera, None, LiveOptions(worker=True))
 
             def switch_off_after_enough(device: LoopWatchingBackend, new: bool) -> None:
-                if loop.stats.frames_rendered == drawn and new:
+                if loop.stats.frames_rendered >= drawn and new:  # (the GL thread may draw two between two outputs)
                     capture.close()  # the source ends: the loop draws what the worker still has, then returns
 
             device = LoopWatchingBackend.last()
@@ -227,7 +227,7 @@ def test_live_deca_tracks_on_a_worker_thread(deca_folder, gl_context, monkeypatc
     outputs = live_outputs(stats, device)  # every output frame reached it; each repeat is the last frame again
     assert stats.frames_rendered >= drawn and stats.frames_with_face == stats.frames_rendered
     assert device.frames[0].shape == (240, 320, 3)
-    assert_newest_frame_wins(outputs, depth=7)
+    assert_newest_frame_wins(outputs, depth=9)
     assert not [t for t in threading.enumerate() if t.name.startswith(("track", "capture"))]
 
 

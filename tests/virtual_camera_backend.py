@@ -19,7 +19,8 @@ frame it records a ``ReceivedFrame``: the pixels (a copy, HxWx3) unless ``keep_i
 the pixels at the four corners and the centre (H // 2, W // 2), the shape and ``time.monotonic()`` at arrival.
 ``FailingBackend`` raises on its ``fail_on``-th send and on every send after it (a device that went away);
 ``UnavailableBackend`` has no device at all. ``LoopWatchingBackend`` also notes, for each frame, whether the live loop
-drew a new camera frame for it or sent its last avatar frame again, and can step a camera from the loop's thread.
+drew a new camera frame for it or sent its last avatar frame again, and can step a camera from the loop's output
+thread.
 """
 
 from __future__ import annotations
@@ -133,16 +134,17 @@ class FailingBackend(RecordingBackend):
 class LoopWatchingBackend(RecordingBackend):
     """A recording device that watches the live loop feeding it. Give it the loop's stats before the loop runs
     (``RecordingBackend.last().watch(loop.stats)``); then ``new[i]`` says whether frame ``i`` showed a camera frame the
-    loop had just drawn (its ``frames_rendered`` went up since the previous frame) or was the last avatar frame sent
-    again (a held frame). ``on_send(device, new)``, when set, runs after each frame is recorded, on the loop's thread,
-    before the loop goes on: a test steps a camera from there, in time with the consumer instead of the wall clock."""
+    loop had newly drawn or was a held frame, the last avatar frame sent again (its ``frames_held`` went up: the loop
+    counts a held frame before it hands it to the outputs). ``on_send(device, new)``, when set, runs after each frame
+    is recorded, on the loop's output thread, before it sends the next: a test steps a camera from there, in time with
+    the consumer instead of the wall clock."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.new: list[bool] = []
         self.on_send: Callable[[LoopWatchingBackend, bool], None] | None = None
         self._stats: Any = None
-        self._rendered = 0
+        self._held = 0
 
     def watch(self, stats: Any, on_send: Callable[[LoopWatchingBackend, bool], None] | None = None) -> None:
         self._stats, self.on_send = stats, on_send
@@ -150,8 +152,8 @@ class LoopWatchingBackend(RecordingBackend):
     def send(self, frame: np.ndarray) -> None:
         super().send(frame)
         assert self._stats is not None, "watch(loop.stats) before the loop runs"
-        rendered = self._stats.frames_rendered  # the loop counts a drawn frame before it hands it to the outputs
-        new, self._rendered = rendered > self._rendered, rendered
+        held = self._stats.frames_held
+        new, self._held = held == self._held, held
         self.new.append(new)
         if self.on_send is not None:
             self.on_send(self, new)

@@ -55,14 +55,17 @@ PREVIEW_SIZE = (1280, 480)  # the window's default: two 640x480 halves
 
 class OffscreenWindow:
     """Stands in for `PreviewWindow` in the live loop: composes each frame with `compose` and keeps it; presses the
-    scripted keys when the loop has shown that many frames."""
+    scripted keys when the loop has shown that many frames, and quits once it has shown ``frames`` (the loop shows
+    each frame it draws, as the real window does)."""
 
-    def __init__(self, keys: dict[int, Key], size: tuple[int, int] = PREVIEW_SIZE) -> None:
-        self.keys, self.size = keys, size
+    def __init__(self, keys: dict[int, Key], frames: int, size: tuple[int, int] = PREVIEW_SIZE) -> None:
+        self.keys, self.limit, self.size = keys, frames, size
         self.frames: list[np.ndarray] = []
         self.overlays: list[Overlay] = []
 
     def poll(self) -> list[Key]:
+        if len(self.frames) >= self.limit:
+            return [Key.QUIT]
         key = self.keys.pop(len(self.frames), None)
         return [key] if key is not None else []
 
@@ -74,10 +77,11 @@ class OffscreenWindow:
 def live_session(pipeline: RetargetPipeline, driver: Path, frames: int, folder: Path) -> OffscreenWindow:
     """The live loop on ``driver`` played as a webcam (looped), recording, switching identity at 20% and 40%."""
     keys = {round(frames * 0.2): Key.IDENTITY_2, round(frames * 0.4): Key.IDENTITY_3}
-    window = OffscreenWindow({i: key for i, key in keys.items() if key.identity_index < len(pipeline.identities)})
+    window = OffscreenWindow({i: key for i, key in keys.items() if key.identity_index < len(pipeline.identities)},
+                             frames)
     options = CaptureOptions(source=str(driver), size=pipeline.renderer.options.size, loop=True)
     with Capture.create_from_options(options) as capture:
-        live = LiveOptions(record=folder / "session.mp4", max_frames=frames)
+        live = LiveOptions(record=folder / "session.mp4")
         LiveLoop(pipeline, capture, None, window, live).run()  # type: ignore[arg-type]  (the off-screen window)
     return window
 

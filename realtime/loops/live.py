@@ -1,11 +1,24 @@
-"""The live loop: camera frames in; avatar frames out to the virtual camera, the preview window and the recorder.
+"""The live loop: camera frames in; avatar frames out to the virtual camera, the recorder and the preview window.
 
-By default everything but capture runs on this thread, which owns the GL context: a new camera frame is tracked,
-retargeted, drawn and handed to the outputs at once (lowest latency). With `LiveOptions.worker` (the DECA path, whose
-networks take most of a frame), tracking and posing run on a `TrackingWorker` thread that keeps only its newest
-result, and this thread only draws: the two overlap on the two cores. When the camera stalls or is reconnecting, or
-the user pauses, the last avatar frame is sent again at the output rate, so a video call never freezes. The number
-keys switch between the pipeline's prepared identities at once: the last pose is drawn again with the new one.
+Its threads, each keeping only the newest of what it hands on (nothing queues, so latency stays bounded):
+
+- capture (``Capture``): the newest camera frame, in a one-frame slot.
+- the GL thread, the one that calls ``run`` (it owns the GL context, and the preview window, which macOS wants on the
+  main thread): takes the newest camera frame, tracks, poses and draws it as fast as it can, and hands the finished
+  avatar frame to the output thread, replacing one the output thread has not sent yet. It also reads the keys and
+  shows the preview after every frame, or every output period while no camera frame comes.
+- output (``OutputClock``): once per output period on a steady clock (the camera's rate, or ``LiveOptions.fps``), the
+  newest finished avatar frame to the virtual camera, then the recorder: a new one when the GL thread finished one
+  since the last tick, else the last one again. So the outputs keep their rate whatever the GL thread does: when the
+  machine draws slower than the camera, while one frame takes long, while the camera stalls or reconnects, while the
+  user pauses. A new frame waits for its tick: while the machine keeps up, the ticks lock onto the frames (a quarter
+  period after each one is drawn, ``OutputClock._nudge``); when it does not, up to a period.
+- with ``LiveOptions.worker`` (the DECA path, whose networks take most of a frame): tracking and posing run on a
+  ``TrackingWorker`` (two threads), and the GL thread only draws; the stages overlap on the two cores.
+
+When the GL thread draws fewer frames than the outputs need, the loop says so once, in the log and the overlay, with
+the rate and what to try (``PaceWatch``, ``too_slow_message``). The number keys switch between the pipeline's prepared
+identities at once: the last pose is drawn again with the new one.
 """
 
 import logging
@@ -39,30 +52,36 @@ class LiveOptions:
     record_path: Path = Path("retarget.mp4")  # where the record key saves (next free name: retarget-1.mp4, ...)
     overwrite: bool = False
     max_frames: int | None = None  # stop after this many output frames (tests, benchmarks)
-    stall_periods: float = 1.5  # no camera frame for this many frame periods: send the last avatar frame again
     worker: bool = False  # track and pose on a worker thread (see the module docstring)
+    look: str = "head"  # the look the pipeline draws, "photo" or "head": for the advice when the machine is too slow
 
 
 @dataclass
 class LiveStats:
-    frames_out: int = 0  # frames handed to the outputs
-    frames_rendered: int = 0  # camera frames retargeted
-    frames_held: int = 0  # repeats of the last avatar frame (camera stalled, reconnecting or paused)
-    frames_with_face: int = 0
-    # capture -> handed to the virtual camera, per new frame; and time.monotonic() of each output frame. Bounded (an
-    # hour at 30 fps) so that a whole meeting does not grow memory.
+    frames_out: int = 0  # frames handed to the outputs, one per output period
+    frames_rendered: int = 0  # camera frames retargeted and drawn
+    # output frames that show no newly drawn camera frame: the last avatar frame again (the GL thread had not finished
+    # a newer one by the output tick: machine too slow, camera stalled or reconnecting, paused), or redrawn with
+    # another identity. Drawn frames that a newer one replaced before a tick (or not sent yet when the loop stopped):
+    # frames_rendered - (frames_out - frames_held).
+    frames_held: int = 0
+    frames_with_face: int = 0  # of frames_rendered
+    # capture -> handed to the virtual camera, per new output frame; and time.monotonic() of each output frame. Bounded
+    # (an hour at 30 fps) so that a whole meeting does not grow memory.
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     output_times: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     recordings: list[Path] = field(default_factory=list)
 
 
 class Recorder:
-    """The record key's clip: start, write, stop; a failing disk stops the recording, not the app."""
+    """The record key's clip: start, write, stop; a failing disk stops the recording, not the app. The output thread
+    writes while the GL thread starts and stops it (keys); finalising a clip does not hold up the writes."""
 
     def __init__(self, fps: float, size: tuple[int, int], overwrite: bool) -> None:
         self.fps, self.size, self.overwrite = fps, size, overwrite
         self._writer: ClipWriter | None = None
         self._started = 0.0
+        self._lock = threading.Lock()
 
     @property
     def active(self) -> bool:
@@ -70,31 +89,40 @@ class Recorder:
 
     @property
     def name(self) -> str | None:
-        return self._writer.path.name if self._writer is not None else None
+        writer = self._writer
+        return writer.path.name if writer is not None else None
 
     @property
     def seconds(self) -> float:
         return time.monotonic() - self._started if self._writer is not None else 0.0
 
     def start(self, path: Path) -> Path:
-        self._writer = ClipWriter(path, self.fps, self.size, overwrite=self.overwrite, fragmented=True)
-        self._started = time.monotonic()
+        writer = ClipWriter(path, self.fps, self.size, overwrite=self.overwrite, fragmented=True)
+        with self._lock:
+            self._writer, self._started = writer, time.monotonic()
         log.info("recording to %s", path)
         return path
 
     def write(self, image: np.ndarray) -> None:
-        if self._writer is None:
-            return
-        try:
-            self._writer.write(image)
-        except (UserError, OSError) as err:
-            log.error("recording stopped: %s", err)
-            self.stop()
+        with self._lock:
+            writer = self._writer
+            if writer is None:
+                return
+            try:
+                writer.write(image)
+                return
+            except (UserError, OSError) as err:
+                log.error("recording stopped: %s", err)
+                self._writer = None
+        self._close(writer)
 
     def stop(self) -> Path | None:
-        writer, self._writer = self._writer, None
-        if writer is None:
-            return None
+        with self._lock:
+            writer, self._writer = self._writer, None
+        return self._close(writer) if writer is not None else None
+
+    @staticmethod
+    def _close(writer: ClipWriter) -> Path | None:
         try:
             path = writer.close()
         except (UserError, OSError) as err:
@@ -201,6 +229,165 @@ class TrackingWorker:
             thread.join()
 
 
+@dataclass(frozen=True, eq=False)
+class AvatarFrame:
+    """A finished avatar frame, handed from the GL thread to the output thread."""
+
+    image: np.ndarray  # HxWx3 uint8 RGB
+    captured_at: float | None = None  # its camera frame's capture time; None: the last pose redrawn (start, identity)
+
+
+PHASE_MARGIN, PHASE_STEP = 0.25, 0.05  # in output periods: see OutputClock._nudge
+
+
+class OutputClock:
+    """The output thread: every output period on a steady clock, the newest finished avatar frame to the virtual camera
+    (first: its latency is the one that counts), then the recorder. ``put`` (GL thread) replaces the newest frame; a
+    tick sends it as new once, and again as a held frame until a newer one comes. A tick that comes late (a slow device
+    or disk, a busy machine) is made up at once, so the recorder keeps the wall clock's time; ticks missed by more than
+    a period are skipped, not made up in a burst. Stops after ``max_frames``, on ``stop``, or on an error, which it
+    keeps in ``error`` for the GL thread; ``stopped`` is set in every case."""
+
+    def __init__(self, virtual_camera: VirtualCamera | None, recorder: Recorder, stats: LiveStats, fps: float,
+                 max_frames: int | None, first: AvatarFrame, stopped: threading.Event) -> None:
+        self.virtual_camera, self.recorder, self.stats = virtual_camera, recorder, stats
+        self.period, self.max_frames, self.stopped = 1.0 / fps, max_frames, stopped
+        self.error: BaseException | None = None
+        self._newest, self._sent, self._put_at = first, True, 0.0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="live:output")
+
+    def start(self) -> None:
+        """Start the ticks, if not started yet."""
+        if self._thread.ident is None:
+            self._thread.start()
+
+    def put(self, frame: AvatarFrame) -> None:
+        with self._lock:
+            self._newest, self._sent, self._put_at = frame, False, time.monotonic()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        steady = time.monotonic()  # the tick before the phase offset: exactly one period apart
+        offset, last_waited = 0.0, None
+        try:
+            while not self.stopped.wait(max(0.0, steady + offset - time.monotonic())):
+                waited = self._send()
+                if self.max_frames is not None and self.stats.frames_out >= self.max_frames:
+                    break
+                if waited is not None and last_waited is not None:
+                    offset = self._nudge(offset, waited)
+                last_waited = waited
+                steady += self.period
+                behind = time.monotonic() - (steady + offset)
+                if behind > self.period:
+                    steady += self.period * int(behind / self.period)
+        except BaseException as err:  # handed to the GL thread, which raises it
+            self.error = err
+        finally:
+            self.stopped.set()
+
+    def _nudge(self, offset: float, waited: float) -> float:
+        """The phase lock, while every tick has a new frame (the machine keeps up with the camera): the ticks move a
+        little (``PHASE_STEP`` of a period per frame) towards ``PHASE_MARGIN`` of a period after the frames are
+        finished, so that a frame goes out soon after it is drawn instead of up to a period later, yet one a little
+        late still makes its tick (else it is repeated, then skipped). A frame that waited most of a period most
+        likely just missed the tick before: the ticks move later. The offset stays within half a period of the steady
+        clock, so the rate stays the same."""
+        error = waited - PHASE_MARGIN * self.period
+        if error > self.period / 2:
+            error -= self.period
+        step = PHASE_STEP * self.period
+        return min(max(offset - min(max(error, -step), step), -self.period / 2), self.period / 2)
+
+    def _send(self) -> float | None:
+        """Send the newest frame; how long it waited for this tick if it is a new one, else None."""
+        with self._lock:
+            frame, new, put_at = self._newest, not self._sent and self._newest.captured_at is not None, self._put_at
+            self._sent = True
+        # counted before the outputs get the frame, so that a device watching the stats knows what it receives
+        self.stats.frames_out += 1
+        self.stats.frames_held += not new
+        waited = time.monotonic() - put_at
+        if self.virtual_camera is not None and not self.virtual_camera.send(frame.image):
+            self.virtual_camera = None  # it logged why; the other outputs go on
+        now = time.monotonic()
+        if new:
+            self.stats.latencies_ms.append((now - frame.captured_at) * 1000)
+        self.stats.output_times.append(now)
+        self.recorder.write(frame.image)
+        return waited if new else None
+
+
+SMALL_SIZE = (640, 480)  # the default output size: below it, a smaller picture saves little and looks worse
+CAMERA_RATES = (25, 20, 15, 10, 5)  # rates webcams offer, to suggest a --fps the camera can give
+
+
+def too_slow_message(rate: float, size: tuple[int, int], look: str) -> str:
+    """What the loop says once when it draws frames at ``rate`` per second, fewer than its outputs need: the rate, and
+    the settings that make each frame cheaper, of those not in use yet: the default size when the output is larger
+    (fewer pixels to draw, read back, send and encode), the head look instead of the photo look (no photo to warp and
+    blend). With neither left, a lower output rate that the machine keeps up with (``--fps``, also asked of the
+    camera): every output frame is then a new one, and there are fewer frames to send and encode each second."""
+    tries = []
+    if size[0] * size[1] > SMALL_SIZE[0] * SMALL_SIZE[1]:
+        tries.append(f"--size {SMALL_SIZE[0]}x{SMALL_SIZE[1]}")
+    if look == "photo":
+        tries.append("--look head")
+    if not tries:
+        tries.append(f"--fps {next((r for r in CAMERA_RATES if r <= rate), max(1, int(rate)))}")
+    return f"rendering at {round(rate)} fps: try {' or '.join(tries)}"
+
+
+WARMUP_S = 1.0  # the first second of drawing is slow on any machine (first inferences, shaders, caches)
+WINDOW_S = 2.0  # long enough that one slow frame (a 150 ms hiccup costs 4 frames of 60) is not a slow machine
+KEEP_UP = 0.85  # drawing fewer than this share of the frames the outputs need is too slow
+
+
+class PaceWatch:
+    """Whether the GL thread draws as many frames as the outputs need, judged on its draws over ``WINDOW_S`` windows
+    after ``WARMUP_S``: too slow when it draws fewer than ``KEEP_UP`` of the camera frames that came meanwhile (the
+    frame indices count them, skipped ones included) or of the output rate, whichever is lower. A camera that
+    delivers fewer frames (a dark room, a stall) is not the machine's fault, nor a pause (``restart``)."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.reported = False
+        self._first_draw: float | None = None
+        self._window: tuple[float, int, int] | None = None  # when it started, its first camera frame index, draws
+
+    def restart(self) -> None:
+        self._window = None
+
+    def drawn(self, index: int, now: float) -> float | None:
+        """Note a drawn camera frame (its index, time.monotonic()); the rate of drawing the first time that it is too
+        slow, else None."""
+        if self.reported:
+            return None
+        if self._first_draw is None:
+            self._first_draw = now
+        if now - self._first_draw < WARMUP_S:
+            return None
+        if self._window is None:
+            self._window = (now, index, 0)
+            return None
+        started, first_index, draws = self._window
+        seconds = now - started
+        if seconds < WINDOW_S:
+            self._window = (started, first_index, draws + 1)
+            return None
+        self._window = (now, index, 0)
+        rate = (draws + 1) / seconds
+        if rate < KEEP_UP * min((index - first_index) / seconds, self.fps):
+            self.reported = True
+            return rate
+        return None
+
+
 class LiveLoop:
     def __init__(
         self,
@@ -220,7 +407,11 @@ class LiveLoop:
         self.stats = LiveStats()
         self.paused = False
         self.show_help = False
-        self._message: tuple[str, float] | None = None
+        self._stopped = threading.Event()
+        self._outputs: OutputClock | None = None
+        self._pace = PaceWatch(self.fps)
+        self._drawn_at: deque[float] = deque(maxlen=30)  # when the last frames were drawn: the overlay's rate
+        self._message: tuple[str, float] | None = None  # and until when it shows
         self._last_face: object | None = None  # what pipeline.track returned last
         self._camera_image: np.ndarray | None = None
         self._thumbnails = identity_thumbnails(pipeline)
@@ -230,7 +421,8 @@ class LiveLoop:
         self._tracking = False
 
     def run(self) -> LiveStats:
-        """Until the quit key, the end of a clip, max_frames, Ctrl-C or SIGTERM; the recording is always finalised."""
+        """Until the quit key, the end of a clip, max_frames, ``stop``, Ctrl-C or SIGTERM; the recording is always
+        finalised."""
         if self.options.record is not None:
             self.stats.recordings.append(self.recorder.start(self.options.record))
         try:
@@ -242,51 +434,54 @@ class LiveLoop:
             self.recorder.stop()
         return self.stats
 
+    def stop(self) -> None:
+        """Ask ``run`` to return, from any thread: the output thread sends no frame after the one it may be sending."""
+        self._stopped.set()
+
     def _loop(self) -> None:
+        outputs = OutputClock(self.virtual_camera, self.recorder, self.stats, self.fps, self.options.max_frames,
+                              AvatarFrame(self._avatar), self._stopped)
         worker = TrackingWorker(self.pipeline, self.capture, self.fps) if self.options.worker else None
+        self._outputs = outputs
         try:
-            self._run_outputs(worker)
+            self._draw_newest(outputs, worker)
         finally:
+            outputs.stop()
             if worker is not None:
                 worker.close()
+        if outputs.error is not None:
+            raise outputs.error
 
-    def _run_outputs(self, worker: TrackingWorker | None) -> None:
+    def _draw_newest(self, outputs: OutputClock, worker: TrackingWorker | None) -> None:
+        """The GL thread: the newest camera frame (or the worker's newest prepared one) drawn as soon as it comes."""
         period = 1.0 / self.fps
         last_index, last_capture_time = -1, None
-        last_output = time.monotonic()
-        while not self._finished():
+        while not self._stopped.is_set():
             if self.window is not None and not self._handle_keys(self.window.poll()):
                 return
-            wait = min(max(0.0, last_output + self.options.stall_periods * period - time.monotonic()), period)
             if worker is not None:
-                prepared = worker.latest(last_index, wait)
+                prepared = worker.latest(last_index, period)
                 frame = prepared.frame if prepared is not None else None
             else:
-                prepared, frame = None, self.capture.latest(after=last_index, timeout=wait)
+                prepared, frame = None, self.capture.latest(after=last_index, timeout=period)
             if frame is not None:
                 last_index = frame.index
                 self._camera_image = frame.image
-                if self.paused:
-                    self._emit(held=True)
-                else:
+                if not self.paused:
                     if prepared is None:
                         dt = period if last_capture_time is None else frame.timestamp - last_capture_time
                         face = self.pipeline.track(frame.image, frame.timestamp)
                         pose = self.pipeline.pose(face, dt)
                         prepared = Prepared(frame, face, pose, self.pipeline.geometry(pose))
                     self._draw(prepared)
-                    self._emit(captured_at=frame.timestamp)
                 last_capture_time = frame.timestamp
-                last_output = time.monotonic()
             elif self.capture.state == "ended":
                 log.info("the source ended")
                 return
-            elif time.monotonic() - last_output >= self.options.stall_periods * period:
-                self._emit(held=True)
-                last_output += period  # keep the output rate while the camera is away
-
-    def _finished(self) -> bool:
-        return self.options.max_frames is not None and self.stats.frames_out >= self.options.max_frames
+            # from the first frame drawn, or a period without one: the neutral avatar until the camera comes
+            outputs.start()
+            if self.window is not None:
+                self.window.show(self._camera_image, self._avatar, self._overlay())
 
     def _draw(self, prepared: Prepared) -> None:
         self._avatar = self.pipeline.draw(prepared.geometry)
@@ -294,28 +489,22 @@ class LiveLoop:
         self._last_face, self._tracking = prepared.face, prepared.face is not None
         self.stats.frames_rendered += 1
         self.stats.frames_with_face += prepared.face is not None
-
-    def _emit(self, captured_at: float | None = None, held: bool = False) -> None:
-        """Hand the current avatar frame to every output: the virtual camera first (it is the latency that counts)."""
-        if self.virtual_camera is not None and not self.virtual_camera.send(self._avatar):
-            self.virtual_camera = None  # it logged why; the other outputs go on
+        if self._outputs is not None:
+            self._outputs.put(AvatarFrame(self._avatar, prepared.frame.timestamp))
         now = time.monotonic()
-        if captured_at is not None:
-            self.stats.latencies_ms.append((now - captured_at) * 1000)
-        self.stats.output_times.append(now)
-        self.stats.frames_out += 1
-        self.stats.frames_held += held
-        self.recorder.write(self._avatar)
-        if self.window is not None:
-            self.window.show(self._camera_image, self._avatar, self._overlay())
+        self._drawn_at.append(now)
+        rate = self._pace.drawn(prepared.frame.index, now)
+        if rate is not None:
+            size = self.pipeline.renderer.options.size
+            self._say(too_slow_message(rate, size, self.options.look), logging.WARNING, seconds=10.0)
 
     def _overlay(self) -> Overlay:
-        message = None
-        if self._message is not None and time.monotonic() - self._message[1] < 3.0:
-            message = self._message[0]
-        times = self.stats.output_times
-        recent = [times[i] for i in range(max(0, len(times) - 30), len(times))]
-        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        now = time.monotonic()
+        message = self._message[0] if self._message is not None and now < self._message[1] else None
+        drawn = self._drawn_at
+        fps = 0.0
+        if len(drawn) > 1 and drawn[-1] > drawn[0] and now - drawn[-1] < 1.0:  # nothing drawn for a second: 0 fps
+            fps = (len(drawn) - 1) / (drawn[-1] - drawn[0])
         return Overlay(
             fps=fps,
             latency_ms=self.stats.latencies_ms[-1] if self.stats.latencies_ms else None,
@@ -330,9 +519,10 @@ class LiveLoop:
             identity=self._identity,
         )
 
-    def _say(self, message: str) -> None:
-        log.info("%s", message)
-        self._message = (message, time.monotonic())
+    def _say(self, message: str, level: int = logging.INFO, seconds: float = 3.0) -> None:
+        """In the log, and in the overlay for ``seconds``."""
+        log.log(level, "%s", message)
+        self._message = (message, time.monotonic() + seconds)
 
     def _handle_keys(self, keys: list[Key]) -> bool:
         """Act on the keys pressed since the last frame; False to quit."""
@@ -359,6 +549,7 @@ class LiveLoop:
                 self.show_help = not self.show_help
             elif key is Key.PAUSE:
                 self.paused = not self.paused
+                self._pace.restart()
                 self._say("paused" if self.paused else "resumed")
         return True
 
@@ -372,6 +563,8 @@ class LiveLoop:
         self.pipeline.select_identity(index)
         self._identity = index
         self._avatar = self.pipeline.render_pose(self._pose)
+        if self._outputs is not None:
+            self._outputs.put(AvatarFrame(self._avatar))
         self._say(f"identity {index + 1}: {names[index]}")
 
 
