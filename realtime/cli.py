@@ -313,7 +313,7 @@ def run_live(args: argparse.Namespace) -> int:
                             "drop --no-window, or add --record OUT.mp4")
         photo_look = args.look == "photo" and (args.deca_data is None or args.style == "textured")  # as the heads do
         options = LiveOptions(fps=fps, record=args.record, overwrite=args.overwrite,
-                              record_path=args.record or Path("retarget.mp4"), worker=args.deca_data is not None,
+                              record_path=args.record or Path("retarget.mp4"), worker=True,
                               look="photo" if photo_look else "head")
         stats = LiveLoop(pipeline, capture, camera, window, options).run()
     latencies = np.array(stats.latencies_ms) if stats.latencies_ms else np.zeros(1)

@@ -664,7 +664,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
     ctx = create_context()
     prepare: dict[str, Any] = {}
     started = time.perf_counter()
-    if args.deca_data is not None:  # the DECA path: tracking and posing on the worker thread, as the app does
+    if args.deca_data is not None:
         from realtime.deca.pipeline import DecaOptions, DecaPipeline
 
         look = "deca"
@@ -682,7 +682,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
         with Capture.create_from_options(CaptureOptions(source=str(driver), loop=True)) as capture:
             camera = VirtualCamera.open(size, capture.fps, backend="bench")
             started = time.perf_counter()
-            options = LiveOptions(max_frames=args.frames, worker=args.deca_data is not None, record=record)
+            options = LiveOptions(max_frames=args.frames, worker=True, record=record)
             stats = LiveLoop(pipeline, capture, camera, None, options).run()
             seconds = time.perf_counter() - started
             camera.close()
