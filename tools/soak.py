@@ -7,7 +7,8 @@ memory, the open file descriptors and the threads of this process (Linux /proc).
 warm-up frames: the growth of each, the longest gap between two output frames and how many gaps exceeded the stall
 limit, and the recording's decoded frame count; then whether each figure is within its limit (exit 0) or not (exit 1).
 
-    python tools/soak.py [--frames 50000] [--identity PHOTO] [--clip CLIP] [--size 640x480] [--no-record] [--json OUT]
+    python tools/soak.py [--frames 50000] [--identity PHOTO] [--clip CLIP] [--size 640x480] [--look photo|head]
+                          [--no-record] [--json OUT]
 """
 
 import argparse
@@ -116,8 +117,8 @@ class Sampler:
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     ctx = create_context()
-    pipeline = RetargetPipeline.create(PipelineOptions(identity=args.identity, render=RenderOptions(size=args.size)),
-                                       ctx)
+    pipeline = RetargetPipeline.create(PipelineOptions(identity=args.identity, render=RenderOptions(size=args.size),
+                                                       look=args.look), ctx)
     pyvirtualcam.register_backend(BACKEND, ArrivalCamera)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         record = None if args.no_record else Path(tmp) / "soak.mp4"
@@ -127,8 +128,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 raise UserError("the soak's virtual camera backend did not open")
             sampler = Sampler(args.frames)
             try:
-                stats = LiveLoop(pipeline, capture, camera, None, LiveOptions(max_frames=args.frames,
-                                                                              record=record)).run()
+                options = LiveOptions(max_frames=args.frames, record=record, worker=True, look=args.look)  # as the app
+                stats = LiveLoop(pipeline, capture, camera, None, options).run()
             finally:
                 sampler.stop()
                 camera.close()
@@ -189,7 +190,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"frames     {report['frames']} through the live loop in {report['seconds']:.0f} s "
         f"({report['output_fps']:.1f} fps out, camera {report['camera_fps']:.0f} fps; {report['frames_held']} "
-        f"repeated while the camera was away); figures after the first {report['warmup_frames']}",
+        f"repeated: no newer frame drawn in time, or the camera away); "
+        f"figures after the first {report['warmup_frames']}",
         f"memory     resident {rss['after_warmup']:.1f} MB after warm-up, {rss['end']:.1f} MB at the end, "
         f"max {rss['max']:.1f} MB: growth {rss['growth']:.1f} MB",
         f"files      {fds['after_warmup']} descriptors after warm-up, {fds['end']} at the end (max {fds['max']})",
@@ -212,6 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP,
                         help=f"driver clip, looped as a webcam (default {DEFAULT_CLIP})")
     parser.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="output size")
+    parser.add_argument("--look", choices=("photo", "head"), default="photo", help="the look (default photo)")
     parser.add_argument("--no-record", action="store_true", help="do not record the output")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write every figure and sample here")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
