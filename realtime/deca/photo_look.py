@@ -127,7 +127,7 @@ def photo_look_renderer(ctx: moderngl.Context, template: HeadTemplate, faces: np
         attributes[first:, 2] = 0.0  # the cavity is the model's own, never the photo's
     triangles = triangles[~(attributes[triangles, 3] < DISCARD_OPACITY).all(axis=1)]  # never drawn: not sent
     mesh = AvatarMesh(triangles=triangles.astype(np.int32), render_vertex=render_vertex.astype(np.int32), uv=uv,
-                      material=material, photo=attributes)
+                      material=material, photo=attributes, sharp=np.flatnonzero(~skin))  # the mouth cavity
     camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     renderer = AvatarRenderer(ctx, mesh, albedo, dataclasses.replace(options, lighting="photo"), layers.plate,

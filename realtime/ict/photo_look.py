@@ -59,7 +59,9 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     mesh = build_avatar_mesh(model, identity.iris_color)
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[np.unique(model.triangles[model.part_mask(part)]), :3] *= shade
-    mesh = dataclasses.replace(mesh, triangles=triangles[kept], photo=attributes)
+    drawn = triangles[kept]
+    mesh = dataclasses.replace(mesh, triangles=drawn, photo=attributes,
+                               sharp=np.unique(drawn[~skin[drawn].all(axis=1)]))  # mouth, teeth, eyes
     camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     return AvatarRenderer(ctx, mesh, identity.albedo, dataclasses.replace(options, lighting="photo"), layers.plate,

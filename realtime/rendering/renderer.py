@@ -100,6 +100,9 @@ class AvatarMesh:
     uv: np.ndarray  # (R, 2) float32 in the albedo texture
     material: np.ndarray  # (R, 4) float32
     photo: np.ndarray | None = None  # (R, 4) float32, photo look: frame uv at rest, photo weight, opacity
+    # (S,) render vertices of the parts whose edges can be hard: anti-aliasing runs around these only (the photo
+    # look's mouth and eyes; its skin fades into the photo without an edge); None: every vertex
+    sharp: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ class AvatarRenderer:
                             ("albedo", 0), ("normal_map", 1), ("photo", 3), ("use_normal_map", False)):
             self._set_uniform(name, value)
         self._normal_map: moderngl.Texture | None = None
+        self._sharp = None if mesh.sharp is None else np.unique(mesh.render_vertex[mesh.sharp])  # model vertices
         self._still = self._render_still()
 
     def _set_uniform(self, name: str, value: object) -> None:
@@ -256,27 +260,29 @@ class AvatarRenderer:
         self._set_uniform("model", model.T)
 
         avatar = self._pixel_box(vertices, model)
+        sharp = avatar if self._sharp is None else (self._pixel_box(vertices[self._sharp], model)
+                                                    if len(self._sharp) else None)
         changed = avatar
         if self._underlay is not None:
             changed = union_box(changed, self._underlay.moving_box(model))
         if self._fxaa is not None:
-            changed = union_box(changed, grow_box(avatar, FXAA_REACH))  # the pass reads around what it smooths
+            changed = union_box(changed, grow_box(sharp, FXAA_REACH))  # the pass reads around what it smooths
         changed = clip_box(np.array(changed).reshape(2, 2), self.options.size, margin=0) if changed else None
         frame = self._still.copy()
         if changed is None:
             return frame
         self._draw_scene(model, scissor=self._gl_box(changed))
         _finish_without_gil()
-        if self._fxaa is not None and avatar is not None:  # smooth the avatar's box, copy the rest as drawn
+        if self._fxaa is not None and sharp is not None:  # smooth around the hard edges, copy the rest as drawn
             self._output.use()
             self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
-            self.ctx.scissor = self._gl_box(avatar)
+            self.ctx.scissor = self._gl_box(sharp)
             self._scene_color.use(0)
             self._fxaa.render(moderngl.TRIANGLE_STRIP)
             self.ctx.scissor = None
             _finish_without_gil()
-            self._paste(frame, self._output, avatar)
-            for box in subtract_box(changed, avatar):
+            self._paste(frame, self._output, sharp)
+            for box in subtract_box(changed, sharp):
                 self._paste(frame, self._scene, box)
             return frame
         source = self._scene
