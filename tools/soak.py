@@ -2,7 +2,7 @@
 
 A real clip is played as a webcam (looped at its own frame rate, so the capture is reopened at every loop) through the
 live loop of the embedded default pipeline into the real virtual camera code (a pyvirtualcam backend that notes when
-each frame arrives) and, unless --no-record, the real recorder (PyAV). Once a second a sampler notes the resident
+each frame arrives) and, unless --no-record, the real recorder (PyAV). Five times a second a sampler notes the resident
 memory, the open file descriptors and the threads of this process (Linux /proc). At the end it prints, after the
 warm-up frames: the growth of each, the longest gap between two output frames and how many gaps exceeded the stall
 limit, and the recording's decoded frame count; then whether each figure is within its limit (exit 0) or not (exit 1).
@@ -49,7 +49,8 @@ MEDIA = PROJECT_ROOT.parent / "shared" / "assets" / "media"
 DEFAULT_IDENTITY = MEDIA / "skimage_astronaut.png"
 DEFAULT_CLIP = MEDIA / "pyfeat_single_face.mp4"
 BACKEND = "soak"
-SAMPLE_PERIOD_S = 1.0
+SAMPLE_PERIOD_S = 0.2  # often enough that a window of samples outvotes the moment of a clip reopening
+STEADY_WINDOW = 10  # samples at least in each of the windows compared
 MAX_MEMORY_GROWTH_MB = 50.0
 MAX_STALL_MS = 100.0
 
@@ -92,7 +93,7 @@ def process_sample(started: float) -> Sample:
 
 
 class Sampler:
-    """Samples the process once a second on its own thread, and draws the progress bar."""
+    """Samples the process every SAMPLE_PERIOD_S on its own thread, and draws the progress bar."""
 
     def __init__(self, total: int) -> None:
         self.samples: list[Sample] = []
@@ -140,16 +141,19 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def steady(counts: Iterable[int]) -> int:
-    return int(np.median(list(counts)))
+    """The count most samples saw (the smaller on a tie): native libraries' threads come and go every moment."""
+    values, seen = np.unique(list(counts), return_counts=True)
+    return int(values[np.argmax(seen)])
 
 
 def summarise(args: argparse.Namespace, samples: list[Sample], frames_out: int, frames_held: int,
               recorded: int | None, fps: float) -> dict[str, Any]:
     after = [s for s in samples if s.frames >= args.warmup] or samples[-1:]
     first, last = after[0], after[-1]
-    # descriptors and threads come and go for a moment (the capture reopening the looped clip): compare the steady
-    # count, the median, of the first and the last tenth of the samples after the warm-up
-    window = max(1, len(after) // 10)
+    # descriptors and threads come and go for a moment (the capture reopening the looped clip, the libraries' own
+    # worker threads): compare the steady count, the one most often seen, of the first and the last tenth of the
+    # samples after the warm-up (at least STEADY_WINDOW samples each, so that a short run's moments are outvoted)
+    window = max(STEADY_WINDOW, len(after) // 10)
     early, late = after[:window], after[-window:]
     arrivals = np.array(ArrivalCamera.arrivals[args.warmup:])
     gaps_ms = np.diff(arrivals) * 1000 if len(arrivals) > 1 else np.zeros(1)

@@ -142,6 +142,7 @@ class Prepared:
     face: object | None
     pose: AvatarPose
     geometry: AvatarGeometry
+    identity: int = 0  # the identity selected when it was posed
 
 
 class _Newest:
@@ -186,6 +187,7 @@ class TrackingWorker:
 
     def __init__(self, pipeline: Pipeline, capture: Capture, fps: float) -> None:
         self.pipeline, self.capture, self.fps = pipeline, capture, fps
+        self.identity = 0  # the selected identity, set by the GL thread: each prepared frame notes it
         self._tracked, self._prepared = _Newest(), _Newest()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._guard, args=(self._track, self._tracked), name="track:live"),
@@ -218,7 +220,8 @@ class TrackingWorker:
             dt = 1.0 / self.fps if last_time is None else frame.timestamp - last_time
             last_index, last_time = frame.index, frame.timestamp
             pose = self.pipeline.pose(tracked.face, dt)
-            self._prepared.put(Prepared(frame, tracked.face, pose, self.pipeline.geometry(pose)))
+            identity = self.identity  # read before posing: a switch meanwhile makes the GL thread pose it again
+            self._prepared.put(Prepared(frame, tracked.face, pose, self.pipeline.geometry(pose), identity))
 
     def latest(self, after: int, timeout: float) -> Prepared | None:
         """The newest prepared frame with index > ``after``, waiting up to ``timeout``; None if none came."""
@@ -410,6 +413,7 @@ class LiveLoop:
         self.show_help = False
         self._stopped = threading.Event()
         self._outputs: OutputClock | None = None
+        self._worker: TrackingWorker | None = None
         self._pace = PaceWatch(self.fps)
         self._drawn_at: deque[float] = deque(maxlen=30)  # when the last frames were drawn: the overlay's rate
         self._message: tuple[str, float] | None = None  # and until when it shows
@@ -443,7 +447,7 @@ class LiveLoop:
         outputs = OutputClock(self.virtual_camera, self.recorder, self.stats, self.fps, self.options.max_frames,
                               AvatarFrame(self._avatar), self._stopped)
         worker = TrackingWorker(self.pipeline, self.capture, self.fps) if self.options.worker else None
-        self._outputs = outputs
+        self._outputs, self._worker = outputs, worker
         try:
             self._draw_newest(outputs, worker)
         finally:
@@ -473,7 +477,7 @@ class LiveLoop:
                         dt = period if last_capture_time is None else frame.timestamp - last_capture_time
                         face = self.pipeline.track(frame.image, frame.timestamp)
                         pose = self.pipeline.pose(face, dt)
-                        prepared = Prepared(frame, face, pose, self.pipeline.geometry(pose))
+                        prepared = Prepared(frame, face, pose, self.pipeline.geometry(pose), self._identity)
                     self._draw(prepared)
                 last_capture_time = frame.timestamp
             elif self.capture.state == "ended":
@@ -485,7 +489,10 @@ class LiveLoop:
                 self.window.show(self._camera_image, self._avatar, self._overlay())
 
     def _draw(self, prepared: Prepared) -> None:
-        self._avatar = self.pipeline.draw(prepared.geometry)
+        geometry = prepared.geometry
+        if prepared.identity != self._identity:  # posed on the worker before the identity key: not the old face again
+            geometry = self.pipeline.geometry(prepared.pose)
+        self._avatar = self.pipeline.draw(geometry)
         self._pose = prepared.pose
         self._last_face, self._tracking = prepared.face, prepared.face is not None
         self.stats.frames_rendered += 1
@@ -563,6 +570,8 @@ class LiveLoop:
             return
         self.pipeline.select_identity(index)
         self._identity = index
+        if self._worker is not None:
+            self._worker.identity = index
         self._avatar = self.pipeline.render_pose(self._pose)
         if self._outputs is not None:
             self._outputs.put(AvatarFrame(self._avatar))
