@@ -311,10 +311,8 @@ def run_live(args: argparse.Namespace) -> int:
         if camera is None and window is None and args.record is None:
             raise UserError("nothing to output: no virtual camera and --no-window; set up a virtual camera, "
                             "drop --no-window, or add --record OUT.mp4")
-        photo_look = args.look == "photo" and (args.deca_data is None or args.style == "textured")  # as the heads do
         options = LiveOptions(fps=fps, record=args.record, overwrite=args.overwrite,
-                              record_path=args.record or Path("retarget.mp4"), worker=True,
-                              look="photo" if photo_look else "head")
+                              record_path=args.record or Path("retarget.mp4"), worker=True)
         stats = LiveLoop(pipeline, capture, camera, window, options).run()
     latencies = np.array(stats.latencies_ms) if stats.latencies_ms else np.zeros(1)
     log.info("%d frames out (%d retargeted; %d repeated: no newer frame drawn in time, camera away or paused); "

@@ -129,7 +129,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 raise UserError("the soak's virtual camera backend did not open")
             sampler = Sampler(args.frames)
             try:
-                options = LiveOptions(max_frames=args.frames, record=record, worker=True, look=args.look)  # as the app
+                options = LiveOptions(max_frames=args.frames, record=record, worker=True)  # as the app
                 stats = LiveLoop(pipeline, capture, camera, None, options).run()
             finally:
                 sampler.stop()

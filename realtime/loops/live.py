@@ -54,7 +54,6 @@ class LiveOptions:
     overwrite: bool = False
     max_frames: int | None = None  # stop after this many output frames (tests, benchmarks)
     worker: bool = False  # track and pose on a worker thread (see the module docstring)
-    look: str = "head"  # the look the pipeline draws, "photo" or "head": for the advice when the machine is too slow
 
 
 @dataclass
@@ -331,20 +330,17 @@ SMALL_SIZE = (640, 480)  # the default output size: below it, a smaller picture 
 CAMERA_RATES = (25, 20, 15, 10, 5)  # rates webcams offer, to suggest a --fps the camera can give
 
 
-def too_slow_message(rate: float, size: tuple[int, int], look: str) -> str:
+def too_slow_message(rate: float, size: tuple[int, int]) -> str:
     """What the loop says once when it draws frames at ``rate`` per second, fewer than its outputs need: the rate, and
-    the settings that make each frame cheaper, of those not in use yet: the default size when the output is larger
-    (fewer pixels to draw, read back, send and encode), the head look instead of the photo look (no photo to warp and
-    blend). With neither left, a lower output rate that the machine keeps up with (``--fps``, also asked of the
-    camera): every output frame is then a new one, and there are fewer frames to send and encode each second."""
-    tries = []
+    what makes each frame cheaper: the default size when the output is larger (fewer pixels to draw, read back, send
+    and encode); else a lower output rate that the machine keeps up with (``--fps``, also asked of the camera): every
+    output frame is then a new one, and there are fewer frames to send and encode each second. No look is advised:
+    neither is cheaper everywhere (the photo look draws a 640x480 frame in 0.7x the head look's time on a 2-core EPYC,
+    tools/bench.py)."""
     if size[0] * size[1] > SMALL_SIZE[0] * SMALL_SIZE[1]:
-        tries.append(f"--size {SMALL_SIZE[0]}x{SMALL_SIZE[1]}")
-    if look == "photo":
-        tries.append("--look head")
-    if not tries:
-        tries.append(f"--fps {next((r for r in CAMERA_RATES if r <= rate), max(1, int(rate)))}")
-    return f"rendering at {round(rate)} fps: try {' or '.join(tries)}"
+        return f"rendering at {round(rate)} fps: try --size {SMALL_SIZE[0]}x{SMALL_SIZE[1]}"
+    fps = next((r for r in CAMERA_RATES if r <= rate), max(1, int(rate)))
+    return f"rendering at {round(rate)} fps: try --fps {fps}"
 
 
 WARMUP_S = 1.0  # the first second of drawing is slow on any machine (first inferences, shaders, caches)
@@ -504,7 +500,7 @@ class LiveLoop:
         rate = self._pace.drawn(prepared.frame.index, now)
         if rate is not None:
             size = self.pipeline.renderer.options.size
-            self._say(too_slow_message(rate, size, self.options.look), logging.WARNING, seconds=10.0)
+            self._say(too_slow_message(rate, size), logging.WARNING, seconds=10.0)
 
     def _overlay(self) -> Overlay:
         now = time.monotonic()
