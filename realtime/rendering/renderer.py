@@ -260,7 +260,7 @@ class AvatarRenderer:
         self._set_uniform("model", model.T)
 
         avatar = self._pixel_box(vertices, model)
-        sharp = avatar if self._sharp is None else (self._pixel_box(vertices[self._sharp], model)
+        sharp = avatar if self._sharp is None else (self._pixel_box(np.take(vertices, self._sharp, axis=0), model)
                                                     if len(self._sharp) else None)
         changed = avatar
         if self._underlay is not None:
@@ -324,8 +324,9 @@ class AvatarRenderer:
         if self._draw_target is not self._scene:
             self.ctx.copy_framebuffer(self._output, self._draw_target)
             source = self._output
-        pixels = source.read(components=3, alignment=1)
-        return np.frombuffer(pixels, np.uint8).reshape(height, width, 3)[::-1].copy()
+        still = np.empty((height, width, 3), np.uint8)
+        self._paste(still, source, (0, 0, width, height))
+        return still
 
     def _paste(self, frame: np.ndarray, source: moderngl.Framebuffer, box: tuple[int, int, int, int]) -> None:
         """Read ``box`` (pixels x0, y0, x1, y1, y down) of ``source`` into the same place of ``frame``."""
