@@ -89,6 +89,21 @@ def test_motion_never_uncovers_a_hole(photo_pipeline, webcam_photo, motion) -> N
     assert np.abs(moved.astype(int) - photo).mean() > 1.0, "and the head did move"
 
 
+@pytest.mark.parametrize("motion", [{}, dict(translation=(0, 4, 0)), dict(scale=0.85)],
+                         ids=["rest", "move-up", "lean-back"])
+def test_the_body_goes_on_past_the_frame_edge(photo_pipeline, webcam_photo, motion) -> None:
+    """The shirt is cut by the photo's bottom edge: when the body moves up, more shirt shows there, not the plate
+    (the background filled in where the person was)."""
+    photo = webcam_photo[1]
+    moved = posed(photo_pipeline, **motion)
+    person = photo_pipeline.identity.photo_view.person > 0.95
+    shirt = person[-1] & person[-12]
+    assert shirt.sum() > 100
+    for row in (-1, -3, -6):
+        difference = np.abs(moved[row, shirt].astype(int) - photo[row, shirt]).mean()
+        assert difference < 25, f"row {row} of the frame shows the plate under the shirt ({difference:.0f} levels)"
+
+
 def test_the_mouth_opens_with_the_jaw_and_shows_teeth(photo_pipeline, image_tracker) -> None:
     model = photo_pipeline.model
     rest = posed(photo_pipeline)

@@ -235,15 +235,18 @@ class PhotoLook:
         rows, cols = np.nonzero(layers.layer > 0.01)
         if len(rows) == 0:
             rows, cols = np.array([0, height - 1]), np.array([0, width - 1])
+        # The grid reaches past the frame's edges where the layer touches them: the person goes on beyond the
+        # photo (the texture's edge texels, clamped, continue them), so a body that moves up or sideways never
+        # uncovers the plate along the frame's edge.
         pad = GRID_MARGIN * iod
-        x0, x1 = max(0.0, cols.min() - pad), min(width - 1.0, cols.max() + pad)
-        y0, y1 = max(0.0, rows.min() - pad), min(height - 1.0, rows.max() + pad)
+        x0, x1 = cols.min() - pad, cols.max() + 1.0 + pad
+        y0, y1 = rows.min() - pad, rows.max() + 1.0 + pad
         step = max(2.0, GRID_STEP * iod)
         xs = np.linspace(x0, x1, max(2, int(np.ceil((x1 - x0) / step)) + 1))
         ys = np.linspace(y0, y1, max(2, int(np.ceil((y1 - y0) / step)) + 1))
         gx, gy = np.meshgrid(xs, ys)
         depth = smooth_depth(depth_map, covered, DEPTH_BLUR * iod)
-        ix, iy = np.round(gx).astype(int), np.round(gy).astype(int)
+        ix, iy = np.clip(np.round(gx).astype(int), 0, width - 1), np.clip(np.round(gy).astype(int), 0, height - 1)
         pixels = np.c_[gx.ravel(), gy.ravel(), depth[iy, ix].ravel(), np.ones(gx.size)]
         positions = pixels @ np.linalg.inv(projection.astype(np.float64)).T
         uv = np.c_[gx.ravel() / width, gy.ravel() / height]
@@ -289,10 +292,11 @@ def clear_triangles(uv: np.ndarray, opaque: np.ndarray) -> np.ndarray:
     counts = np.zeros((height + 1, width + 1), np.int64)  # summed-area table of the opaque texels
     counts[1:, 1:] = np.cumsum(np.cumsum(opaque, axis=0), axis=1)
     pixels = uv * np.array([width, height])
-    x0 = np.clip(np.floor(pixels[..., 0].min(axis=1)).astype(int) - 1, 0, width)
-    y0 = np.clip(np.floor(pixels[..., 1].min(axis=1)).astype(int) - 1, 0, height)
-    x1 = np.clip(np.ceil(pixels[..., 0].max(axis=1)).astype(int) + 2, 0, width)
-    y1 = np.clip(np.ceil(pixels[..., 1].max(axis=1)).astype(int) + 2, 0, height)
+    # beyond the image the texture's edge texels are sampled (clamped): a triangle there tests them
+    x0 = np.clip(np.floor(pixels[..., 0].min(axis=1)).astype(int) - 1, 0, width - 1)
+    y0 = np.clip(np.floor(pixels[..., 1].min(axis=1)).astype(int) - 1, 0, height - 1)
+    x1 = np.clip(np.ceil(pixels[..., 0].max(axis=1)).astype(int) + 2, 1, width)
+    y1 = np.clip(np.ceil(pixels[..., 1].max(axis=1)).astype(int) + 2, 1, height)
     return counts[y1, x1] - counts[y0, x1] - counts[y1, x0] + counts[y0, x0] == 0
 
 
