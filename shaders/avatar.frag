@@ -4,8 +4,9 @@
 //    come out close to the photo and rotation should only add gentle shape cues and a faint highlight;
 //  1 "sh" (DECA textured): albedo times the identity's 9x3 spherical-harmonics light, as DECA's add_SHlight;
 //  2 "shape" (DECA's grey detail-shape preview): albedo 180/255, five directional lights of intensity 1.7, averaged;
-//  3 "photo" (the photo look): unlit, the photo's own pixels where it saw this point at rest, the texture or material
-//    elsewhere (mouth, teeth, eyes under the lids), and the per-vertex opacity that fades the face into the photo;
+//  3 "photo" (the photo look): the photo's own pixels where it saw this point at rest, the texture or a material
+//    shaded by its shape elsewhere (mouth, teeth, eyes under the lids), and the per-vertex opacity that fades the
+//    face into the photo;
 //    a detail normal map changes the shading by its ratio to the smooth surface's.
 // An optional model-space normal map in UV space (DECA's detail normals) replaces the interpolated normal.
 uniform sampler2D albedo;
@@ -28,6 +29,7 @@ in vec4 v_photo;
 out vec4 frag_color;
 
 const int lighting = LIGHTING;  // defined by the renderer, one program per look
+const float MATERIAL_AMBIENT = 0.45;  // photo look: the shade of a material facing away from the light
 
 const float SH_C[9] = float[9](0.282095, 1.023327, 1.023327, 1.023327, 0.858086, 0.858086, 0.858086, 0.429043,
                                0.247708);
@@ -53,6 +55,10 @@ void main() {
     vec3 color;
     if (lighting == 3) {
         if (v_photo.w < DISCARD_OPACITY) discard;
+        // the model's own materials (teeth, tongue, eyeballs) are shaded by their shape, the way the photo's
+        // pixels carry theirs: unshaded, a row of teeth is a flat cut-out
+        float shaped = MATERIAL_AMBIENT + (1.0 - MATERIAL_AMBIENT) * max(dot(n, light_dir), 0.0);
+        base *= mix(shaped, 1.0, v_material.a);
         vec3 shown = mix(base, texture(photo, v_photo.xy).rgb, clamp(v_photo.z, 0.0, 1.0));
         if (use_normal_map) {  // DECA's detail: the change of shading it makes, on the photo's own shading
             vec3 smooth_n = gl_FrontFacing ? normalize(v_normal) : -normalize(v_normal);

@@ -29,7 +29,8 @@ PART_COLORS: dict[str, tuple[float, float, float]] = {
 TEXTURED_PARTS = ("face", "head_neck")
 # Parts seen only through the mouth, drawn from coarser copies (this fraction of their triangles removed): the
 # software rasteriser pays per triangle, and these are a third of the head's triangles for a few pixels on screen.
-SIMPLIFIED_PARTS = {"teeth": 0.7, "gums_tongue": 0.7, "mouth_socket": 0.7, "eye_socket_left": 0.5,
+# The teeth stay whole: coarsened, their edges show notches in a smile, and they cost no measurable time (0.3 ms).
+SIMPLIFIED_PARTS = {"gums_tongue": 0.7, "mouth_socket": 0.7, "eye_socket_left": 0.5,
                     "eye_socket_right": 0.5}
 IRIS_RADIUS_CM = 0.58
 PUPIL_RADIUS_CM = 0.22

@@ -26,12 +26,12 @@ from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderO
 
 SKIN_PARTS = ("face",)  # fades into the photo at its outline
 HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown instead
-# Unlit, the mouth's materials would be as bright as lit skin; a real mouth interior is in the lips' shadow.
 # The face shows the photo through frame UVs that follow its positions, continuous across the texture atlas's seams:
 # half its triangles draw the same picture (mean difference 0.13 of 255 at 640x480, mouth open and head turned) for
 # 15% less drawing
 PHOTO_SIMPLIFIED_PARTS = {**SIMPLIFIED_PARTS, "face": 0.5}
-MOUTH_SHADOW = {"mouth_socket": 0.5, "gums_tongue": 0.45, "teeth": 0.9}
+# The mouth's materials are shaded by their shape only; a real mouth interior is also in the lips' shadow.
+MOUTH_SHADOW = {"mouth_socket": 0.5, "gums_tongue": 0.9, "teeth": 0.9}
 
 
 def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identity, avatar: Avatar,
