@@ -174,6 +174,45 @@ def test_the_photo_is_framed_around_a_small_face(assets, gl_context, tmp_path, i
     assert all(np.median(edge) > 40 for edge in edges), "no black bars"
 
 
+def rest_output(gl_context, photo: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The photo look at rest for a sample photo, and the photo as framed for it."""
+    from realtime.compositing.photo_look import build_photo_layers
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.io.images import read_image
+    from realtime.rendering.renderer import RenderOptions
+
+    pipeline = RetargetPipeline.create(PipelineOptions(identity=media(photo), look="photo", use_cache=False,
+                                                       render=RenderOptions(size=size)), gl_context)
+    try:
+        view = pipeline.identity.photo_view
+        layers = build_photo_layers(read_image(media(photo), "photo"), view.person, view.landmarks, size)
+        return pipeline.render_pose(pipeline.neutral_pose()), layers.photo
+    finally:
+        pipeline.close()
+
+
+def test_a_narrow_portrait_is_extended_with_its_background_not_its_face(assets, gl_context) -> None:
+    """A square portrait in a 16:9 frame: beside the photo, its background goes on (no blurred copy of the face)."""
+    from realtime.io.images import read_image
+
+    photo = read_image(media("pyfeat_15-f13-anc-ph.jpg"), "photo")  # 512 x 512, the face in the middle
+    rest, _ = rest_output(gl_context, "pyfeat_15-f13-anc-ph.jpg", (1280, 720))
+    side = photo.shape[1] * 720 / photo.shape[0]  # the photo's width in the frame (it fills the frame's height)
+    left, right = int((1280 - side) / 2) - 40, int((1280 + side) / 2) + 40  # 40 px clear of the photo's edges
+    rows = cv2.resize(photo, (photo.shape[1], 720))  # the photo's rows at the frame's height
+    for beside, edge in ((rest[:, :left], rows[:, :30]), (rest[:, right:], rows[:, -30:])):
+        background = np.median(edge, axis=1)[:, None, :]  # (720, 1, 3): the background along that edge
+        off = np.abs(beside.astype(int) - background).max(axis=2) > 40
+        assert off.mean() < 0.02, f"{off.mean():.0%} of the extension beside the photo is not its background"
+
+
+def test_a_badly_fitted_head_leaves_the_photo_as_it_is_at_rest(assets, gl_context) -> None:
+    """A face turned 45 degrees: the head's far eye and mouth do not float beside the face; at rest, the photo."""
+    rest, framed = rest_output(gl_context, "pyfeat_45-m7-di-ph.jpg", (640, 480))
+    changed = np.abs(rest.astype(int) - framed).max(axis=2) > 60
+    assert changed.mean() < 0.001, f"{changed.sum()} pixels changed at rest"
+
+
 def test_a_still_clip_of_the_photo_gives_the_photo(assets, webcam_photo, tmp_path) -> None:
     """The app end to end: the photo as identity, a still clip of the photo itself as the driver."""
     from realtime.cli import main

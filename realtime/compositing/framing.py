@@ -3,7 +3,8 @@
 The whole photo is used when it already frames the face as a webcam in a video call does; a small face in a big picture
 gets a crop around its head and shoulders. The crop stays inside the photo wherever it can; where it cannot (a face
 at the very edge, a portrait too narrow for a wide frame), the missing part is the photo mirrored at its edge and
-blurred, never black bars or stretched pixels.
+blurred, never black bars or stretched pixels; the photo look mirrors it with the head filled from around it, so that
+no ghost of the face appears beside it.
 """
 
 from dataclasses import dataclass
@@ -44,27 +45,45 @@ class Framing:
     def matrix(self) -> np.ndarray:
         return np.array([[self.scale, 0.0, self.offset[0]], [0.0, self.scale, self.offset[1]]], np.float64)
 
-    def frame(self, image: np.ndarray, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-        """``image`` (photo-sized, any channels) warped into the frame; outside the photo, mirrored and blurred."""
-        width, height = self.size
+    def frame(self, image: np.ndarray, interpolation: int = cv2.INTER_AREA, outside: np.ndarray | None = None,
+              below: np.ndarray | None = None) -> np.ndarray:
+        """``image`` (photo-sized, any channels) warped into the frame; beyond the photo's edges, mirrored and
+        blurred: the mirror image of ``outside`` (photo-sized like ``image``; default ``image``), and under the
+        photo's bottom edge that of ``below`` (default ``outside``)."""
         flags = interpolation if self.scale < 1 else cv2.INTER_LINEAR
+        matrix = self.matrix()
+        sources = [image, image if outside is None else outside]
+        sources.append(sources[1] if below is None else below)
         if flags == cv2.INTER_AREA:  # warpAffine has no area filter: shrink first, then place
-            shrunk = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
-            sx = shrunk.shape[1] / image.shape[1]
-            sy = shrunk.shape[0] / image.shape[0]
+            shrunk = [cv2.resize(source, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
+                      for source in sources]
+            sx = shrunk[0].shape[1] / image.shape[1]
+            sy = shrunk[0].shape[0] / image.shape[0]
             matrix = np.array([[self.scale / sx, 0, self.offset[0]], [0, self.scale / sy, self.offset[1]]])
-            return self._place(shrunk, matrix, cv2.INTER_LINEAR)
-        return self._place(image, self.matrix(), flags)
+            flags, sources = cv2.INTER_LINEAR, shrunk
+        return self._place(*sources, matrix=matrix, flags=flags)
 
-    def _place(self, image: np.ndarray, matrix: np.ndarray, flags: int) -> np.ndarray:
+    def _place(self, image: np.ndarray, outside: np.ndarray, below: np.ndarray, matrix: np.ndarray,
+               flags: int) -> np.ndarray:
         width, height = self.size
-        framed = cv2.warpAffine(image, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_REFLECT_101)
-        inside = cv2.warpAffine(np.ones(image.shape[:2], np.float32), matrix, (width, height), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+        def warp(source: np.ndarray, border: int = cv2.BORDER_REFLECT_101) -> np.ndarray:
+            return cv2.warpAffine(source, matrix, (width, height), flags=flags, borderMode=border, borderValue=0)
+
+        framed = warp(image)
+        inside = warp(np.ones(image.shape[:2], np.float32), cv2.BORDER_CONSTANT)
         if inside.min() > 0.999:
             return framed
+        mirrored = framed if outside is image else warp(outside)
+        if below is not outside:
+            columns = np.ones(image.shape[:2], np.float32)
+            columns[0] = columns[:, 0] = columns[:, -1] = 0.0  # replicated: 1 only under the photo, not beside it
+            under = warp(columns, cv2.BORDER_REPLICATE)
+            under = cv2.GaussianBlur(under, (0, 0), EDGE_BLUR_FRACTION * height / 2)
+            under = under[..., None] if framed.ndim == 3 else under
+            mirrored = (warp(below) * under + mirrored * (1 - under)).astype(framed.dtype)
         sigma = EDGE_BLUR_FRACTION * height
-        blurred = cv2.GaussianBlur(framed, (0, 0), sigma)
+        blurred = cv2.GaussianBlur(mirrored, (0, 0), sigma)
         weight = cv2.GaussianBlur(inside, (0, 0), sigma / 2)
         if framed.ndim == 3:
             weight = weight[..., None]

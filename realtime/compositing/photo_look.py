@@ -37,6 +37,8 @@ SIDE_FOLLOWS, SIDE_STILL = 1.3, 2.2  # in face widths from the face's midline: t
 HALO = 0.1  # inter-ocular distances around the person whose colour is partly the person's: filled too
 GRID_MARGIN = 1.2  # inter-ocular distances around the moving part that the grid covers (hair it may move into)
 EDGE_FEATHER = 0.35  # inter-ocular distances: the face's rendered edge fades into the photo over this much
+SHARP_FEATHER = 0.05  # and eyes and mouth, over this much
+UNSEEN_SKIN_FADE = 2.0  # skin is opaque where the photo shows at least half its own colour (see `face_attributes`)
 GRID_STEP = 0.2  # inter-ocular distances between the grid's vertices
 DEPTH_BLUR = 0.3  # inter-ocular distances: the grid follows the head's depth, without its sharp steps
 
@@ -57,6 +59,13 @@ class PhotoLayers:
 
 def head_motion_weight(landmarks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W) float32: 1 on the head, fading to 0 down the neck and far to the sides, from (478, 2) frame landmarks."""
+    below, aside = face_coordinates(landmarks, size)
+    return (_fade(below, NECK_FOLLOWS, NECK_STILL) * _fade(aside, SIDE_FOLLOWS, SIDE_STILL)).astype(np.float32)
+
+
+def face_coordinates(landmarks: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) each, for an image of ``size`` with the face's (478, 2) ``landmarks``: how far each pixel is below the
+    chin, in face heights (negative above it), and how far aside from the face's midline, in face widths."""
     width, height = size
     chin, top = landmarks[CHIN, :2], landmarks[FOREHEAD, :2]
     face_height = float(np.linalg.norm(top - chin))
@@ -64,10 +73,9 @@ def head_motion_weight(landmarks: np.ndarray, size: tuple[int, int]) -> np.ndarr
     right = np.array([-down[1], down[0]])
     face_width = float(np.linalg.norm(landmarks[LEFT_EYE_OUTER, :2] - landmarks[RIGHT_EYE_OUTER, :2])) * 1.6
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    offset_x, offset_y = xs - chin[0], ys - chin[1]
-    below = (offset_x * down[0] + offset_y * down[1]) / face_height
+    below = ((xs - chin[0]) * down[0] + (ys - chin[1]) * down[1]) / face_height
     aside = np.abs((xs - (chin[0] + top[0]) / 2) * right[0] + (ys - (chin[1] + top[1]) / 2) * right[1]) / face_width
-    return (_fade(below, NECK_FOLLOWS, NECK_STILL) * _fade(aside, SIDE_FOLLOWS, SIDE_STILL)).astype(np.float32)
+    return below, aside
 
 
 def _fade(value: np.ndarray, start: float, end: float) -> np.ndarray:
@@ -83,8 +91,21 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     eyes = (landmarks[LEFT_EYE_OUTER, :2] + landmarks[RIGHT_EYE_OUTER, :2]) / 2
     box = (*landmarks[:, :2].min(axis=0), *landmarks[:, :2].max(axis=0))
     framing = frame_photo((photo.shape[1], photo.shape[0]), eyes, inter_ocular_distance(landmarks), size, box)
-    framed = framing.frame(photo)
-    person_framed = np.clip(framing.frame(person.astype(np.float32), cv2.INTER_LINEAR), 0.0, 1.0)
+    photo_size = (photo.shape[1], photo.shape[0])
+    # Beyond the photo's edges the frame shows the photo's background mirrored (the person filled from around
+    # them): the whole photo mirrored would put blurred copies of the face beside the face. Under the bottom edge,
+    # neck and body go on, mirrored, with only the head (the person above the chin) filled.
+    below_chin, _ = face_coordinates(landmarks, photo_size)
+    person = person.astype(np.float32)
+    head = (person > 0.5) & (below_chin < 0.0)
+    margin = max(2, int(round(HALO * inter_ocular_distance(landmarks))))  # the person's fringe, in photo pixels
+    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)
+    personless, headless = (_filled(photo, cv2.dilate(mask.astype(np.uint8), grow).astype(bool))
+                            for mask in (person > 0.5, head))
+    framed = framing.frame(photo, outside=personless, below=headless)
+    person_framed = framing.frame(person, cv2.INTER_LINEAR, outside=np.zeros_like(person),
+                                  below=np.where(head, 0.0, person))
+    person_framed = np.clip(person_framed, 0.0, 1.0)
     person_framed = _fade(person_framed, 0.7, 0.3)  # the segmenter's soft edge, made firmer
     frame_landmarks = framing.to_frame(landmarks)
     iod = inter_ocular_distance(landmarks) * framing.scale
@@ -99,8 +120,14 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     # The layer covers the person and every filled pixel of the plate: at rest, layer and plate show the photo
     # wherever they meet.
     layer = np.maximum(person_framed, np.clip(2.0 * fill, 0.0, 1.0))
-    return PhotoLayers(framing, framed, (photo.shape[1], photo.shape[0]), layer.astype(np.float32), motion, plate,
+    return PhotoLayers(framing, framed, photo_size, layer.astype(np.float32), motion, plate,
                        frame_landmarks, iod)
+
+
+def _filled(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 ``image`` with its ``hole`` (H, W) bool filled from around it."""
+    filled = pull_push_fill(image.astype(np.float32) / 255.0, (~hole).astype(np.float32)) * 255.0
+    return np.clip(filled + 0.5, 0, 255).astype(np.uint8)
 
 
 def ortho_camera(size: tuple[int, int], projection: np.ndarray, depth: float) -> np.ndarray:
@@ -173,7 +200,8 @@ def face_attributes(
     ``frame_pixels`` (R, 2) and ``depth`` (R,) of the rest head through the photo's camera, ``camera_normals`` (R, 3)
     its normals in camera space (+z towards the camera); ``depth_map`` from `rest_depth`. ``blended`` (R,) bool: the
     skin, whose opacity fades to 0 at the photo's face outline (the layer shows the photo's own edge there); the
-    other drawn parts (eyes, mouth, teeth) are opaque.
+    other drawn parts (eyes, mouth, teeth) are opaque inside the outline and fade out sharply at it: where the head
+    fits the photo badly (a face turned far to the side), its far eye or mouth would float beside the face.
     """
     width, height = layers.framing.size
     iod = layers.inter_ocular
@@ -186,7 +214,12 @@ def face_attributes(
     shows_photo = visible * facing * inside
     outline = layers.landmarks[list(FACE_OVAL), :2].astype(np.float32).reshape(-1, 1, 2)
     inside = np.array([cv2.pointPolygonTest(outline, (float(px), float(py)), True) for px, py in frame_pixels])
-    opacity = np.where(blended, np.clip(inside / (EDGE_FEATHER * iod), 0.0, 1.0), 1.0)
+    opacity = np.clip(inside / (np.where(blended, EDGE_FEATHER, SHARP_FEATHER) * iod), 0.0, 1.0)
+    # skin near the outline that the photo did not see (the side of the face, turned away or under the hair) lets
+    # the moving layer show: the photo's own pixels there, lifted on the head's depth, not a flat patch of fill
+    # colour over the hair. Deeper inside (under the nose) it stays: behind it is the mouth's dark interior.
+    seen = np.maximum(UNSEEN_SKIN_FADE * shows_photo, inside / (3 * EDGE_FEATHER * iod))
+    opacity = np.where(blended, np.minimum(opacity, np.clip(seen, 0.0, 1.0)), opacity)
     uv = frame_pixels / np.array([width, height])
     return np.c_[uv, shows_photo, opacity].astype(np.float32)
 
