@@ -1,5 +1,6 @@
 """The ICT head and its rendering, checked closed-loop: render a pose, track the render with MediaPipe."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -107,3 +108,45 @@ def test_render_is_antialiased_and_uses_the_background(astronaut_pipeline) -> No
     background = np.round(np.array(astronaut_pipeline.renderer.options.background) * 255)
     assert (np.abs(image[0, 0].astype(int) - background) <= 1).all()
     assert partial_edge_fraction(image, background) > 0.3
+
+
+def test_the_coarser_parts_keep_their_outlines(ict_model) -> None:
+    """A coarsened part keeps every open edge of the full part (its outline, the lids' and lips' edges, its UV
+    seams): two coarsened parts still meet edge to edge."""
+    from realtime.ict.avatar import SIMPLIFIED_PARTS, simplify_part
+
+    def open_edges(triangles: np.ndarray) -> set[tuple[int, int]]:
+        edges = np.sort(np.r_[triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]], axis=1)
+        unique, counts = np.unique(edges, axis=0, return_counts=True)
+        return set(map(tuple, unique[counts == 1]))
+
+    for part, reduction in SIMPLIFIED_PARTS.items():
+        full = ict_model.triangles[ict_model.part_mask(part)]
+        coarse = simplify_part(ict_model, part, reduction)
+        assert len(coarse) < 0.8 * len(full), part
+        assert open_edges(coarse) == open_edges(full), f"{part}: its outline changed"
+
+
+@pytest.mark.parametrize("yaw", [0.0, 40.0, -70.0])
+def test_no_crack_in_the_head_look(astronaut_pipeline, ict_model, gl_context, yaw: float) -> None:
+    """Turned, the drawn head (coarser face and scalp) shows no background through it."""
+    from realtime.head import model_matrix
+    from realtime.ict.avatar import build_avatar_mesh
+    from realtime.ict.pipeline import HEAD_PIVOT
+    from realtime.rendering.renderer import AvatarRenderer, RenderOptions
+
+    renderer = AvatarRenderer(gl_context, build_avatar_mesh(ict_model), astronaut_pipeline.identity.albedo,
+                              RenderOptions(size=(800, 800), antialias="none", background=(1.0, 0.0, 1.0)))
+    try:
+        a = np.radians(yaw)
+        rotation = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]], np.float32)
+        vertices, normals = astronaut_pipeline.avatar.pose(np.zeros(len(ict_model.expression_names), np.float32))
+        image = renderer.render(vertices, normals, model_matrix(rotation, np.asarray(HEAD_PIVOT, np.float32)))
+    finally:
+        renderer.release()
+    background = ((image[..., 0] > 250) & (image[..., 1] < 5) & (image[..., 2] > 250)).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(background, connectivity=4)
+    height, width = background.shape
+    enclosed = [i for i in range(1, len(stats)) if stats[i, 0] > 0 and stats[i, 1] > 0
+                and stats[i, 0] + stats[i, 2] < width and stats[i, 1] + stats[i, 3] < height]
+    assert not enclosed, f"{len(enclosed)} specks of background inside the head ({stats[enclosed, 4].sum()} pixels)"

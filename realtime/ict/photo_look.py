@@ -19,17 +19,13 @@ from realtime.compositing.photo_look import (
     rest_depth,
 )
 from realtime.head import AvatarPose
-from realtime.ict.avatar import SIMPLIFIED_PARTS, Avatar, build_avatar_mesh, drawn_triangles
+from realtime.ict.avatar import Avatar, build_avatar_mesh, drawn_triangles
 from realtime.ict.identity import Identity
 from realtime.ict.model import IctModel
 from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderOptions
 
 SKIN_PARTS = ("face",)  # fades into the photo at its outline
 HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown instead
-# The face shows the photo through frame UVs that follow its positions, continuous across the texture atlas's seams:
-# half its triangles draw the same picture (mean difference 0.13 of 255 at 640x480, mouth open and head turned) for
-# 15% less drawing
-PHOTO_SIMPLIFIED_PARTS = {**SIMPLIFIED_PARTS, "face": 0.5}
 # The mouth's materials are shaded by their shape only; a real mouth interior is also in the lips' shadow.
 MOUTH_SHADOW = {"mouth_socket": 0.5, "gums_tongue": 0.9, "teeth": 0.9}
 
@@ -42,7 +38,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     layers = build_photo_layers(photo, view.person, view.landmarks, size)
     projection = layers.framing.projection(view.projection())
     vertices, normals = avatar.pose(view.expression)
-    triangles = drawn_triangles(model, PHOTO_SIMPLIFIED_PARTS)
+    triangles = drawn_triangles(model)
     depth_map, covered = rest_depth(ctx, vertices, model.render_vertex[triangles], projection, size)
 
     render_vertices = model.render_vertex
