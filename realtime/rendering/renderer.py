@@ -105,6 +105,18 @@ class AvatarMesh:
     sharp: np.ndarray | None = None
 
 
+def _drawn_only(mesh: AvatarMesh) -> AvatarMesh:
+    """``mesh`` with only the render vertices its triangles use: the rest would be uploaded and vertex-shaded every
+    frame for nothing (a coarser copy of a part uses a fraction of its vertices; hidden parts none)."""
+    used, triangles = np.unique(mesh.triangles, return_inverse=True)
+    new_index = np.full(len(mesh.render_vertex), -1, np.int64)
+    new_index[used] = np.arange(len(used))
+    sharp = None if mesh.sharp is None else new_index[mesh.sharp][new_index[mesh.sharp] >= 0]
+    return AvatarMesh(triangles=triangles.reshape(-1, 3).astype(np.int32), render_vertex=mesh.render_vertex[used],
+                      uv=mesh.uv[used], material=mesh.material[used],
+                      photo=None if mesh.photo is None else mesh.photo[used], sharp=sharp)
+
+
 @dataclass(frozen=True)
 class RenderOptions:
     size: tuple[int, int] = (640, 480)  # width, height
@@ -153,15 +165,11 @@ class AvatarRenderer:
         underlay: Underlay | None = None,
     ) -> None:
         self.ctx = ctx
-        self.mesh = mesh
+        self.mesh = mesh = _drawn_only(mesh)
         self.options = options
         width, height = options.size
         if options.lighting not in LIGHTING_MODES:
             raise ValueError(f"lighting must be one of {LIGHTING_MODES}, got {options.lighting!r}")
-        # a constant, not a uniform: llvmpipe runs every branch of a uniform `if` under a mask, so one look would
-        # pay for all four (the mesh pass 30% slower)
-        self.program = load_program(ctx, "avatar", {"LIGHTING": LIGHTING_MODES.index(options.lighting),
-                                                     "DISCARD_OPACITY": DISCARD_OPACITY})
         self._positions = ctx.buffer(reserve=len(mesh.render_vertex) * 12, dynamic=True)
         self._normals = ctx.buffer(reserve=len(mesh.render_vertex) * 12, dynamic=True)
         uv = ctx.buffer(np.ascontiguousarray(mesh.uv, np.float32).tobytes())
@@ -177,8 +185,9 @@ class AvatarRenderer:
         if mesh.photo is not None:
             self._buffers.append(ctx.buffer(np.ascontiguousarray(mesh.photo, np.float32).tobytes()))
             attributes.append((self._buffers[-1], "4f", "in_photo"))
-        attributes = [attribute for attribute in attributes if self.program.get(attribute[2], None) is not None]
-        self.vao = ctx.vertex_array(self.program, attributes, index_buffer=index, index_element_size=4)
+        self._attributes, self._index = attributes, index
+        self._uniforms: dict[str, object] = {}
+        self._link(normal_map=False)
         self.albedo = texture_from_image(ctx, albedo, mipmaps=True)
         self._photo = texture_from_image(ctx, photo, mipmaps=False) if photo is not None else None
         self._underlay = underlay
@@ -222,14 +231,33 @@ class AvatarRenderer:
         for name, value in (("view_projection", self.view_projection.T), ("model", np.eye(4)),
                             ("light_dir", light / np.linalg.norm(light)), ("eye_position", self.eye_position),
                             ("ambient", options.ambient), ("specular", options.specular), ("sh", np.zeros((9, 3))),
-                            ("albedo", 0), ("normal_map", 1), ("photo", 3), ("use_normal_map", False)):
+                            ("albedo", 0), ("normal_map", 1), ("photo", 3)):
             self._set_uniform(name, value)
         self._normal_map: moderngl.Texture | None = None
-        self._sharp = None if mesh.sharp is None else np.unique(mesh.render_vertex[mesh.sharp])  # model vertices
+        self._drawn = np.unique(mesh.render_vertex)  # model vertices
+        self._sharp = None if mesh.sharp is None else np.unique(mesh.render_vertex[mesh.sharp])
         self._still = self._render_still()
+
+    def _link(self, normal_map: bool) -> None:
+        """(Re)build the avatar program and its vertex array, with the uniforms set so far.
+
+        Look and normal map are constants, not uniforms: llvmpipe runs every branch of a uniform `if` under a mask,
+        so one look would pay for all four (the mesh pass 30% slower) and every look for the normal map's fetch.
+        """
+        program = load_program(self.ctx, "avatar", {"LIGHTING": LIGHTING_MODES.index(self.options.lighting),
+                                                    "DISCARD_OPACITY": DISCARD_OPACITY, "NORMAL_MAP": int(normal_map)})
+        attributes = [attribute for attribute in self._attributes if program.get(attribute[2], None) is not None]
+        vao = self.ctx.vertex_array(program, attributes, index_buffer=self._index, index_element_size=4)
+        if hasattr(self, "program"):
+            self.vao.release()
+            self.program.release()
+        self.program, self.vao = program, vao
+        for name, value in self._uniforms.items():
+            self._set_uniform(name, value)
 
     def _set_uniform(self, name: str, value: object) -> None:
         """Set a uniform of the avatar program; a look's program lacks those its look does not use."""
+        self._uniforms[name] = value
         uniform = self.program.get(name, None)
         if uniform is None:
             return
@@ -244,8 +272,9 @@ class AvatarRenderer:
 
     def set_normal_map(self, texture: moderngl.Texture | None) -> None:
         """A model-space normal map in the mesh's UV space (xyz normal, w coverage), or None for vertex normals."""
+        if (texture is None) != (self._normal_map is None):
+            self._link(normal_map=texture is not None)
         self._normal_map = texture
-        self._set_uniform("use_normal_map", texture is not None)
 
     def render(self, vertices: np.ndarray, normals: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
         """Model-space ``vertices`` and ``normals`` (N, 3), a (4, 4) model matrix -> (H, W, 3) uint8 RGB image.
@@ -259,7 +288,7 @@ class AvatarRenderer:
         model = np.eye(4, dtype=np.float32) if model_matrix is None else np.asarray(model_matrix, np.float32)
         self._set_uniform("model", model.T)
 
-        avatar = self._pixel_box(vertices, model)
+        avatar = self._pixel_box(np.take(vertices, self._drawn, axis=0), model)
         sharp = avatar if self._sharp is None else (self._pixel_box(np.take(vertices, self._sharp, axis=0), model)
                                                     if len(self._sharp) else None)
         changed = avatar
