@@ -308,13 +308,13 @@ def noise_frames(count: int, width: int, height: int) -> Iterator[np.ndarray]:
 @pytest.mark.faults
 @pytest.mark.parametrize("fragmented", [False, True], ids=["whole clip", "fragmented"])
 def test_a_disk_filling_up_between_two_checks_is_reported_by_the_encoder(tmp_path: Path, fragmented: bool) -> None:
-    # 1 MB: the free-space check (every 15 frames) stops a clip only below 10 kB, while 15 noise frames need far more
-    # than that, so the encoder's own write fails first: ENOSPC, raised on the writer thread, becomes the error here.
+    # 1 MB: the free-space check (every 15 frames) stops a clip only below 10 kB, while a few CIF noise frames fill
+    # the disk, so the encoder's own write fails first: ENOSPC, raised on the writer thread, becomes the error here.
     with small_tmpfs(tmp_path / "disk", "1m") as disk:
         out = disk / "clip.mp4"
-        writer = ClipWriter(out, 30.0, (176, 144), fragmented=fragmented)
+        writer = ClipWriter(out, 30.0, (352, 288), fragmented=fragmented)
         with pytest.raises(UserError) as raised:
-            for image in noise_frames(300, 176, 144):
+            for image in noise_frames(300, 352, 288):
                 writer.write(image)
             writer.close()
         message = str(raised.value)
