@@ -3,8 +3,8 @@
 The whole photo is used when it already frames the face as a webcam in a video call does; a small face in a big picture
 gets a crop around its head and shoulders. The crop stays inside the photo wherever it can; where it cannot (a face
 at the very edge, a portrait too narrow for a wide frame), the missing part is the photo mirrored at its edge and
-blurred, never black bars or stretched pixels; the photo look mirrors it with the head filled from around it, so that
-no ghost of the face appears beside it.
+blurred, never black bars or stretched pixels; the photo look mirrors only its background beside it (the person filled
+from around them: no ghost of the face beside the face) and its body under it.
 """
 
 from dataclasses import dataclass
