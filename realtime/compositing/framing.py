@@ -48,20 +48,26 @@ class Framing:
     def frame(self, image: np.ndarray, interpolation: int = cv2.INTER_AREA, outside: np.ndarray | None = None,
               below: np.ndarray | None = None) -> np.ndarray:
         """``image`` (photo-sized, any channels) warped into the frame; beyond the photo's edges, mirrored and
-        blurred: the mirror image of ``outside`` (photo-sized like ``image``; default ``image``), and under the
-        photo's bottom edge that of ``below`` (default ``outside``)."""
+        blurred: the mirror image of ``outside`` (default ``image``), and under the photo's bottom edge that of
+        ``below`` (default ``outside``). Those two cover the photo like ``image`` at any resolution (blurred, they
+        need not have its detail)."""
         flags = interpolation if self.scale < 1 else cv2.INTER_LINEAR
         matrix = self.matrix()
-        sources = [image, image if outside is None else outside]
-        sources.append(sources[1] if below is None else below)
+        size = (image.shape[1], image.shape[0])
         if flags == cv2.INTER_AREA:  # warpAffine has no area filter: shrink first, then place
-            shrunk = [cv2.resize(source, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
-                      for source in sources]
-            sx = shrunk[0].shape[1] / image.shape[1]
-            sy = shrunk[0].shape[0] / image.shape[0]
-            matrix = np.array([[self.scale / sx, 0, self.offset[0]], [0, self.scale / sy, self.offset[1]]])
-            flags, sources = cv2.INTER_LINEAR, shrunk
-        return self._place(*sources, matrix=matrix, flags=flags)
+            image = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
+            matrix = np.array([[self.scale * size[0] / image.shape[1], 0, self.offset[0]],
+                               [0, self.scale * size[1] / image.shape[0], self.offset[1]]])
+            flags = cv2.INTER_LINEAR
+
+        def on_image_grid(source: np.ndarray) -> np.ndarray:
+            if source.shape[:2] == image.shape[:2]:
+                return source
+            return cv2.resize(source, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+        outside = image if outside is None else on_image_grid(outside)
+        below = outside if below is None else on_image_grid(below)
+        return self._place(image, outside, below, matrix=matrix, flags=flags)
 
     def _place(self, image: np.ndarray, outside: np.ndarray, below: np.ndarray, matrix: np.ndarray,
                flags: int) -> np.ndarray:

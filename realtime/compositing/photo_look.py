@@ -92,19 +92,12 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     box = (*landmarks[:, :2].min(axis=0), *landmarks[:, :2].max(axis=0))
     framing = frame_photo((photo.shape[1], photo.shape[0]), eyes, inter_ocular_distance(landmarks), size, box)
     photo_size = (photo.shape[1], photo.shape[0])
-    # Beyond the photo's edges the frame shows the photo's background mirrored (the person filled from around
-    # them): the whole photo mirrored would put blurred copies of the face beside the face. Under the bottom edge,
-    # neck and body go on, mirrored, with only the head (the person above the chin) filled.
-    below_chin, _ = face_coordinates(landmarks, photo_size)
     person = person.astype(np.float32)
-    head = (person > 0.5) & (below_chin < 0.0)
-    margin = max(2, int(round(HALO * inter_ocular_distance(landmarks))))  # the person's fringe, in photo pixels
-    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)
-    personless, headless = (_filled(photo, cv2.dilate(mask.astype(np.uint8), grow).astype(bool))
-                            for mask in (person > 0.5, head))
-    framed = framing.frame(photo, outside=personless, below=headless)
-    person_framed = framing.frame(person, cv2.INTER_LINEAR, outside=np.zeros_like(person),
-                                  below=np.where(head, 0.0, person))
+    reach = framing.to_photo(np.array([[0.0, 0.0], size], np.float64))
+    if (reach[0] < 0).any() or (reach[1] > photo_size).any():
+        framed, person_framed = _extended(photo, person, landmarks, framing)
+    else:
+        framed, person_framed = framing.frame(photo), framing.frame(person)
     person_framed = np.clip(person_framed, 0.0, 1.0)
     person_framed = _fade(person_framed, 0.7, 0.3)  # the segmenter's soft edge, made firmer
     frame_landmarks = framing.to_frame(landmarks)
@@ -122,6 +115,30 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     layer = np.maximum(person_framed, np.clip(2.0 * fill, 0.0, 1.0))
     return PhotoLayers(framing, framed, photo_size, layer.astype(np.float32), motion, plate,
                        frame_landmarks, iod)
+
+
+def _extended(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
+              framing: Framing) -> tuple[np.ndarray, np.ndarray]:
+    """``photo`` (H, W, 3) and its ``person`` mask (H, W) framed where the frame reaches beyond the photo: beside it
+    the photo's background mirrored (the person filled from around them: the whole photo mirrored would put blurred
+    copies of the face beside the face), under its bottom edge the photo with only the head (the person above the
+    chin) filled, so that neck and body go on. The fills work at the frame's scale (they are blurred)."""
+    height, width = person.shape
+    scale = min(1.0, framing.scale)
+    small = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small_person = cv2.resize(person, small, interpolation=cv2.INTER_AREA) > 0.5
+    small_landmarks = landmarks[:, :2] * np.array([small[0] / width, small[1] / height])
+    below_chin, _ = face_coordinates(small_landmarks, small)
+    head = small_person & (below_chin < 0.0)
+    margin = max(2, int(round(HALO * inter_ocular_distance(landmarks) * scale)))  # the person's fringe
+    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)
+    small_photo = cv2.resize(photo, small, interpolation=cv2.INTER_AREA)
+    personless, headless = (_filled(small_photo, cv2.dilate(mask.astype(np.uint8), grow).astype(bool))
+                            for mask in (small_person, head))
+    framed = framing.frame(photo, outside=personless, below=headless)
+    body = np.where(head, 0.0, cv2.resize(person, small, interpolation=cv2.INTER_AREA)).astype(np.float32)
+    person_framed = framing.frame(person, outside=np.zeros_like(body), below=body)
+    return framed, person_framed
 
 
 def _filled(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
