@@ -90,8 +90,8 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     ``landmarks`` (photo pixels), framed for an output of ``size`` (width, height)."""
     eyes = (landmarks[LEFT_EYE_OUTER, :2] + landmarks[RIGHT_EYE_OUTER, :2]) / 2
     box = (*landmarks[:, :2].min(axis=0), *landmarks[:, :2].max(axis=0))
-    framing = frame_photo((photo.shape[1], photo.shape[0]), eyes, inter_ocular_distance(landmarks), size, box)
     photo_size = (photo.shape[1], photo.shape[0])
+    framing = frame_photo(photo_size, eyes, inter_ocular_distance(landmarks), size, box)
     person = person.astype(np.float32)
     reach = framing.to_photo(np.array([[0.0, 0.0], size], np.float64))
     if (reach[0] < 0).any() or (reach[1] > photo_size).any():
@@ -126,17 +126,17 @@ def _extended(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
     height, width = person.shape
     scale = min(1.0, framing.scale)
     small = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small_person = cv2.resize(person, small, interpolation=cv2.INTER_AREA) > 0.5
+    small_person = cv2.resize(person, small, interpolation=cv2.INTER_AREA)
     small_landmarks = landmarks[:, :2] * np.array([small[0] / width, small[1] / height])
     below_chin, _ = face_coordinates(small_landmarks, small)
-    head = small_person & (below_chin < 0.0)
+    head = (small_person > 0.5) & (below_chin < 0.0)
     margin = max(2, int(round(HALO * inter_ocular_distance(landmarks) * scale)))  # the person's fringe
     grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)
     small_photo = cv2.resize(photo, small, interpolation=cv2.INTER_AREA)
     personless, headless = (_filled(small_photo, cv2.dilate(mask.astype(np.uint8), grow).astype(bool))
-                            for mask in (small_person, head))
+                            for mask in (small_person > 0.5, head))
     framed = framing.frame(photo, outside=personless, below=headless)
-    body = np.where(head, 0.0, cv2.resize(person, small, interpolation=cv2.INTER_AREA)).astype(np.float32)
+    body = np.where(head, 0.0, small_person).astype(np.float32)
     person_framed = framing.frame(person, outside=np.zeros_like(body), below=body)
     return framed, person_framed
 
