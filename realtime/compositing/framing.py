@@ -42,6 +42,11 @@ class Framing:
         """(..., 2) frame pixels -> photo pixels."""
         return (np.asarray(points[..., :2], np.float64) - self.offset) / self.scale
 
+    def reaches_beyond(self, photo_size: tuple[int, int]) -> bool:
+        """Whether the frame shows more than a photo of ``photo_size`` (width, height): an extension beyond it."""
+        low, high = self.to_photo(np.array([[0.0, 0.0], self.size], np.float64))
+        return bool((low < 0).any() or (high > photo_size).any())
+
     def matrix(self) -> np.ndarray:
         return np.array([[self.scale, 0.0, self.offset[0]], [0.0, self.scale, self.offset[1]]], np.float64)
 

@@ -93,8 +93,7 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     photo_size = (photo.shape[1], photo.shape[0])
     framing = frame_photo(photo_size, eyes, inter_ocular_distance(landmarks), size, box)
     person = person.astype(np.float32)
-    reach = framing.to_photo(np.array([[0.0, 0.0], size], np.float64))
-    if (reach[0] < 0).any() or (reach[1] > photo_size).any():
+    if framing.reaches_beyond(photo_size):
         framed, person_framed = _extended(photo, person, landmarks, framing)
     else:
         framed, person_framed = framing.frame(photo), framing.frame(person)

@@ -33,6 +33,7 @@ TEXTURED_PARTS = ("face", "head_neck")
 # mouth open) for 15% less drawing. The teeth stay whole: coarsened, their edges show notches in a smile.
 SIMPLIFIED_PARTS = {"face": 0.5, "head_neck": 0.5, "gums_tongue": 0.7, "mouth_socket": 0.7, "eye_socket_left": 0.5,
                     "eye_socket_right": 0.5}
+LIDDED_PARTS = ("face",)  # the skin that closes over the eyeballs: its lids stay whole when it is coarsened
 LID_MOTION_CM = 0.05  # a vertex that a full blink moves further is part of a lid
 IRIS_RADIUS_CM = 0.58
 PUPIL_RADIUS_CM = 0.22
@@ -74,14 +75,12 @@ def simplify_part(model: IctModel, part: str, reduction: float) -> np.ndarray:
 
     part_triangles = model.triangles[model.part_mask(part)]
     blink = np.zeros(model.n_vertices, bool)
-    if part == "face":
+    if part in LIDDED_PARTS:
         for shape in ("eyeBlink_L", "eyeBlink_R"):
             blink |= np.linalg.norm(model.expression_basis[model.expression_index(shape)], axis=1) > LID_MOTION_CM
     lids = blink[model.render_vertex[part_triangles]].any(axis=1)
     used, local = np.unique(part_triangles[~lids], return_inverse=True)
     local = local.reshape(-1, 3).astype(np.int32)
-    if len(local) == 0:
-        return part_triangles
     _, _, collapses = fast_simplification.simplify(
         model.neutral[model.render_vertex[used]].astype(np.float32), local, target_reduction=reduction,
         return_collapses=True, preserve_border=True,

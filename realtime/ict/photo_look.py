@@ -19,7 +19,7 @@ from realtime.compositing.photo_look import (
     rest_depth,
 )
 from realtime.head import AvatarPose
-from realtime.ict.avatar import Avatar, build_avatar_mesh, drawn_triangles
+from realtime.ict.avatar import Avatar, build_avatar_mesh
 from realtime.ict.identity import Identity
 from realtime.ict.model import IctModel
 from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderOptions
@@ -38,7 +38,8 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     layers = build_photo_layers(photo, view.person, view.landmarks, size)
     projection = layers.framing.projection(view.projection())
     vertices, normals = avatar.pose(view.expression)
-    triangles = drawn_triangles(model)
+    mesh = build_avatar_mesh(model, identity.iris_color)
+    triangles = mesh.triangles
     depth_map, covered = rest_depth(ctx, vertices, model.render_vertex[triangles], projection, size)
 
     render_vertices = model.render_vertex
@@ -52,7 +53,6 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     hidden = _vertex_mask(model, model.part_mask(*HIDDEN_PARTS))
     transparent = attributes[:, 3] < DISCARD_OPACITY  # triangles of these are never drawn: not sent
     kept = ~(hidden[triangles].all(axis=1) | transparent[triangles].all(axis=1))
-    mesh = build_avatar_mesh(model, identity.iris_color)
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[np.unique(model.triangles[model.part_mask(part)]), :3] *= shade
     drawn = triangles[kept]

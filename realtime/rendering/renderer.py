@@ -1,6 +1,7 @@
 """ModernGL rendering of the avatar: an off-screen (EGL) or window context, anti-aliased, depth-tested, softly lit."""
 
 import ctypes
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable
@@ -112,9 +113,9 @@ def _drawn_only(mesh: AvatarMesh) -> AvatarMesh:
     new_index = np.full(len(mesh.render_vertex), -1, np.int64)
     new_index[used] = np.arange(len(used))
     sharp = None if mesh.sharp is None else new_index[mesh.sharp][new_index[mesh.sharp] >= 0]
-    return AvatarMesh(triangles=triangles.reshape(-1, 3).astype(np.int32), render_vertex=mesh.render_vertex[used],
-                      uv=mesh.uv[used], material=mesh.material[used],
-                      photo=None if mesh.photo is None else mesh.photo[used], sharp=sharp)
+    return dataclasses.replace(mesh, triangles=triangles.reshape(-1, 3).astype(np.int32),
+                               render_vertex=mesh.render_vertex[used], uv=mesh.uv[used], material=mesh.material[used],
+                               photo=None if mesh.photo is None else mesh.photo[used], sharp=sharp)
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,8 @@ class AvatarRenderer:
             attributes.append((self._buffers[-1], "4f", "in_photo"))
         self._attributes, self._index = attributes, index
         self._uniforms: dict[str, object] = {}
+        self.program: moderngl.Program | None = None
+        self.vao: moderngl.VertexArray | None = None
         self._link(normal_map=False)
         self.albedo = texture_from_image(ctx, albedo, mipmaps=True)
         self._photo = texture_from_image(ctx, photo, mipmaps=False) if photo is not None else None
@@ -248,7 +251,7 @@ class AvatarRenderer:
                                                     "DISCARD_OPACITY": DISCARD_OPACITY, "NORMAL_MAP": int(normal_map)})
         attributes = [attribute for attribute in self._attributes if program.get(attribute[2], None) is not None]
         vao = self.ctx.vertex_array(program, attributes, index_buffer=self._index, index_element_size=4)
-        if hasattr(self, "program"):
+        if self.program is not None:
             self.vao.release()
             self.program.release()
         self.program, self.vao = program, vao
