@@ -2,6 +2,9 @@
 // Fast approximate anti-aliasing (after T. Lottes' FXAA): blend along the local edge direction where the luminance
 // contrast says there is an edge. One pass, nine texture reads per pixel: far cheaper than multisampling on a
 // software rasteriser, whose cost per triangle multiplies with the sample count.
+// Two passes: MARK_EDGES 1 copies every pixel and marks in the depth buffer those with an edge; MARK_EDGES 0 smooths,
+// drawn behind a depth test that only the marked pixels pass. llvmpipe shades a whole block of pixels through every
+// branch unless its depth test rejects the block: in one pass, the edge path cost every pixel as much as an edge's.
 uniform sampler2D image;
 uniform vec2 texel;  // 1 / size
 
@@ -27,11 +30,10 @@ void main() {
     float m = luma(center);
     float lo = min(m, min(min(nw, ne), min(sw, se)));
     float hi = max(m, max(max(nw, ne), max(sw, se)));
-    if (hi - lo < EDGE_MIN) {
-        frag_color = vec4(center, 1.0);
-        return;
-    }
-
+#if MARK_EDGES
+    frag_color = vec4(center, 1.0);
+    gl_FragDepth = hi - lo < EDGE_MIN ? 0.0 : 1.0;
+#else
     vec2 direction = vec2(-((nw + ne) - (sw + se)), (nw + sw) - (ne + se));
     float reduce = max((nw + ne + sw + se) * 0.25 * REDUCE_MUL, REDUCE_MIN);
     float scale = 1.0 / (min(abs(direction.x), abs(direction.y)) + reduce);
@@ -43,4 +45,5 @@ void main() {
                                      texture(image, v_uv + direction * 0.5).rgb);
     float wide_luma = luma(wide);
     frag_color = vec4((wide_luma < lo || wide_luma > hi) ? near : wide, 1.0);
+#endif
 }

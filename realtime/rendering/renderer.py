@@ -143,6 +143,7 @@ class Underlay(Protocol):
     def release(self) -> None: ...
 
 
+Box = tuple[int, int, int, int]  # pixels x0, y0, x1, y1 (exclusive), y down
 FXAA_REACH = 10  # pixels around a pixel that the anti-aliasing pass may read (its span, 8, and the 3x3 corners)
 
 
@@ -207,7 +208,9 @@ class AvatarRenderer:
         self._scene_color = ctx.texture((width, height), 4)
         self._scene_color.repeat_x = self._scene_color.repeat_y = False
         self._scene = ctx.framebuffer([self._scene_color], ctx.depth_renderbuffer((width, height)))
-        self._output = ctx.framebuffer([ctx.renderbuffer((width, height), 4)])  # what is read back
+        # what is read back; anti-aliasing marks its edges in the depth buffer
+        edge_marks = ctx.depth_renderbuffer((width, height)) if options.antialias == "fxaa" else None
+        self._output = ctx.framebuffer([ctx.renderbuffer((width, height), 4)], edge_marks)
         self._resources = [self._scene_color, self._scene, self._output]
         self._draw_target = self._scene
         if samples:
@@ -216,13 +219,13 @@ class AvatarRenderer:
                 ctx.depth_renderbuffer((width, height), samples=samples),
             )
             self._resources.append(self._draw_target)
-        self._fxaa = None
+        self._fxaa: tuple[moderngl.VertexArray, moderngl.VertexArray] | None = None  # edges marked, then smoothed
         if options.antialias == "fxaa":
-            program = load_program(ctx, "fxaa")
-            program["texel"].value = (1.0 / width, 1.0 / height)
             quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], np.float32).tobytes())
-            self._fxaa = ctx.vertex_array(program, [(quad, "2f", "in_position")])
-            self._resources += [self._fxaa, program, quad]
+            mark, smooth = (load_program(ctx, "fxaa", {"MARK_EDGES": flag}) for flag in (1, 0))
+            smooth["texel"].value = (1.0 / width, 1.0 / height)
+            self._fxaa = tuple(ctx.vertex_array(program, [(quad, "2f", "in_position")]) for program in (mark, smooth))
+            self._resources += [*self._fxaa, mark, smooth, quad]
 
         target = np.array(options.target, np.float32)
         distance = options.framing_height / 2 / np.tan(np.radians(options.fov_y_degrees) / 2)
@@ -306,12 +309,7 @@ class AvatarRenderer:
         self._draw_scene(model, scissor=self._gl_box(changed))
         _finish_without_gil()
         if self._fxaa is not None and sharp is not None:  # smooth around the hard edges, copy the rest as drawn
-            self._output.use()
-            self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
-            self.ctx.scissor = self._gl_box(sharp)
-            self._scene_color.use(0)
-            self._fxaa.render(moderngl.TRIANGLE_STRIP)
-            self.ctx.scissor = None
+            self._antialias(sharp)
             _finish_without_gil()
             self._paste(frame, self._output, sharp)
             for box in subtract_box(changed, sharp):
@@ -346,6 +344,22 @@ class AvatarRenderer:
                 self.ctx.enable(moderngl.BLEND)
             self.vao.render(moderngl.TRIANGLES)
             self.ctx.disable(moderngl.BLEND)
+        self.ctx.scissor = None
+
+    def _antialias(self, box: Box) -> None:
+        """FXAA from the scene into the output within ``box``: every pixel copied and its edges marked, then only the
+        marked pixels smoothed (their depth test rejects the others before they are shaded)."""
+        mark, smooth = self._fxaa
+        self._output.use()
+        self.ctx.disable(moderngl.CULL_FACE)
+        self.ctx.enable(moderngl.DEPTH_TEST)
+        self.ctx.scissor = self._gl_box(box)
+        self._scene_color.use(0)
+        self.ctx.depth_func = "1"  # always: every pixel is copied and marked
+        mark.render(moderngl.TRIANGLE_STRIP)
+        self.ctx.depth_func = "<"  # the quad lies at depth 0.5: in front of the edges' marks (1), behind the rest (0)
+        smooth.render(moderngl.TRIANGLE_STRIP)
+        self.ctx.disable(moderngl.DEPTH_TEST)
         self.ctx.scissor = None
 
     def _render_still(self) -> np.ndarray:
@@ -428,9 +442,6 @@ _NATIVE_GL_FINISH = native_gl_finish()
 def _finish_without_gil() -> None:
     if _NATIVE_GL_FINISH is not None:
         _NATIVE_GL_FINISH()
-
-
-Box = tuple[int, int, int, int]  # pixels x0, y0, x1, y1 (exclusive), y down
 
 
 def clip_box(points: np.ndarray, size: tuple[int, int], margin: int) -> Box | None:
