@@ -1,9 +1,8 @@
 #version 330 core
-// A full-screen triangle pair showing the background image.
+// A full-screen triangle pair showing the background image, on the far plane: drawn with the depth test always
+// passing, it also resets the depth buffer, which saves the renderer a clear.
 in vec2 in_position;
-out vec2 v_uv;
 
 void main() {
-    v_uv = vec2(in_position.x * 0.5 + 0.5, 0.5 - in_position.y * 0.5);
-    gl_Position = vec4(in_position, 0.0, 1.0);
+    gl_Position = vec4(in_position, 1.0, 1.0);
 }

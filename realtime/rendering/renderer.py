@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import moderngl
 import numpy as np
 
@@ -197,7 +198,7 @@ class AvatarRenderer:
         self._underlay = underlay
         self._background_vao = None
         if background_image is not None:
-            self._background = texture_from_image(ctx, background_image, mipmaps=False)
+            self._background = texture_from_image(ctx, _resized(background_image, options.size), mipmaps=False)
             program = load_program(ctx, "background")
             quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], np.float32).tobytes())
             self._background_vao = ctx.vertex_array(program, [(quad, "2f", "in_position")])
@@ -327,11 +328,15 @@ class AvatarRenderer:
         """Background, underlay and (with ``avatar``) the mesh into the draw target, within ``scissor`` (GL box)."""
         self._draw_target.use()
         self.ctx.scissor = scissor
-        self.ctx.clear(*self.options.background, 1.0)
-        if self._background_vao is not None:
-            self.ctx.disable(moderngl.DEPTH_TEST)
+        if self._background_vao is None:
+            self.ctx.clear(*self.options.background, 1.0)
+        else:  # covers every pixel, colour and depth: no clear needed
+            self.ctx.enable(moderngl.DEPTH_TEST)
+            self.ctx.depth_func = "1"  # always
             self._background.use(0)
             self._background_vao.render(moderngl.TRIANGLE_STRIP)
+            self.ctx.depth_func = "<"
+            self.ctx.disable(moderngl.DEPTH_TEST)
         if self._underlay is not None:
             self._underlay.draw(model, still_only=not avatar)
         if avatar:
@@ -468,6 +473,14 @@ def subtract_box(outer: Box, inner: Box) -> list[Box]:
     a0, b0, a1, b1 = inner
     boxes = [(x0, y0, x1, b0), (x0, b1, x1, y1), (x0, b0, a0, b1), (a1, b0, x1, b1)]
     return [box for box in boxes if box[2] > box[0] and box[3] > box[1]]
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` (H, W, C) scaled to ``size`` (width, height), by area when it shrinks."""
+    if (image.shape[1], image.shape[0]) == tuple(size):
+        return image
+    shrinks = image.shape[1] > size[0] or image.shape[0] > size[1]
+    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR)
 
 
 def texture_from_image(ctx: moderngl.Context, image: np.ndarray, mipmaps: bool) -> moderngl.Texture:
