@@ -251,12 +251,15 @@ class PhotoLook:
         self.ctx = ctx
         self.layers = layers
         positions, uv, motion, triangles = self._grid(projection, depth_map, covered)
-        triangles = triangles[~clear_triangles(uv[triangles], np.round(layers.layer * 255) > 0)]
-        # still triangles first: they are drawn once into the renderer's still frame, and only scissored after that
+        alpha = np.round(layers.layer * 255)
+        triangles = triangles[~clear_triangles(uv[triangles], alpha > 0)]
+        # Still triangles first: they are drawn once, into the renderer's still frame. The moving ones opaque
+        # throughout first: drawn without blending, which costs the software rasteriser a third of the layer's time.
         moves = motion[triangles].max(axis=1) > 0.0
-        triangles = np.r_[triangles[~moves], triangles[moves]]
-        self._still_count = 3 * int((~moves).sum())
-        moving = np.unique(triangles[-int(moves.sum()):]) if moves.any() else np.zeros(0, int)
+        solid = clear_triangles(uv[triangles], alpha < 255)
+        triangles = np.r_[triangles[~moves], triangles[moves & solid], triangles[moves & ~solid]]
+        self._counts = [3 * int(part.sum()) for part in (~moves, moves & solid, moves & ~solid)]
+        moving = np.unique(triangles[self._counts[0] // 3:])
         self._moving = np.c_[positions[moving], np.ones(len(moving))]  # (M, 4) homogeneous model space at rest
         self._moving_weight = motion[moving][:, None]
         self._camera = np.asarray(camera, np.float64)
@@ -306,14 +309,20 @@ class PhotoLook:
                                                                               corner + n_cols + 1]]
         return positions[:, :3], uv, motion, triangles
 
-    def draw(self, model_matrix: np.ndarray, still_only: bool = False) -> None:
-        """Draw the layer moved by ``model_matrix`` (4, 4, model space), blended over what is drawn; with
-        ``still_only``, only the triangles that never move."""
+    def draw(self, model_matrix: np.ndarray, moving: bool) -> None:
+        """Draw the triangles of the layer that move, moved by ``model_matrix`` (4, 4, model space), or those that
+        never move, blended over what is drawn."""
         self.program["model"].write(np.ascontiguousarray(model_matrix, np.float32).T.tobytes())
         self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
-        self.ctx.enable(moderngl.BLEND)
         self.texture.use(2)
-        self.vao.render(moderngl.TRIANGLES, vertices=self._still_count if still_only else -1)
+        still, solid, translucent = self._counts
+        if moving:
+            self.vao.render(moderngl.TRIANGLES, first=still, vertices=solid)
+            self.ctx.enable(moderngl.BLEND)
+            self.vao.render(moderngl.TRIANGLES, first=still + solid, vertices=translucent)
+        else:
+            self.ctx.enable(moderngl.BLEND)
+            self.vao.render(moderngl.TRIANGLES, vertices=still)
         self.ctx.disable(moderngl.BLEND)
 
     def moving_box(self, model_matrix: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -334,12 +343,12 @@ class PhotoLook:
             resource.release()
 
 
-def clear_triangles(uv: np.ndarray, opaque: np.ndarray) -> np.ndarray:
+def clear_triangles(uv: np.ndarray, marked: np.ndarray) -> np.ndarray:
     """(T,) bool: the triangles with frame UVs ``uv`` (T, 3, 2) whose texels (and their bilinear neighbours) are all
-    fully transparent in ``opaque`` (H, W) bool: they would blend nothing, so they need not be drawn."""
-    height, width = opaque.shape
-    counts = np.zeros((height + 1, width + 1), np.int64)  # summed-area table of the opaque texels
-    counts[1:, 1:] = np.cumsum(np.cumsum(opaque, axis=0), axis=1)
+    clear of ``marked`` (H, W) bool (where marked means not transparent: the triangles that would blend nothing)."""
+    height, width = marked.shape
+    counts = np.zeros((height + 1, width + 1), np.int64)  # summed-area table of the marked texels
+    counts[1:, 1:] = np.cumsum(np.cumsum(marked, axis=0), axis=1)
     pixels = uv * np.array([width, height])
     # beyond the image the texture's edge texels are sampled (clamped): a triangle there tests them
     x0 = np.clip(np.floor(pixels[..., 0].min(axis=1)).astype(int) - 1, 0, width - 1)

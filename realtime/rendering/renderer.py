@@ -136,9 +136,9 @@ class RenderOptions:
 
 class Underlay(Protocol):
     """Something drawn after the background and before the avatar, moved by the avatar's model matrix; parts of it
-    may stay still whatever the matrix."""
+    may stay still whatever the matrix (drawn once into the still frame: ``moving=False``)."""
 
-    def draw(self, model_matrix: np.ndarray, still_only: bool = False) -> None: ...
+    def draw(self, model_matrix: np.ndarray, moving: bool) -> None: ...
     def moving_box(self, model_matrix: np.ndarray) -> tuple[float, float, float, float] | None:
         """Pixels (x0, y0, x1, y1, y down) covering the moving parts both at rest and moved by ``model_matrix``."""
     def release(self) -> None: ...
@@ -196,6 +196,8 @@ class AvatarRenderer:
         self.albedo = texture_from_image(ctx, albedo, mipmaps=True)
         self._photo = texture_from_image(ctx, photo, mipmaps=False) if photo is not None else None
         self._underlay = underlay
+        if underlay is not None and background_image is None:  # the underlay's still parts go into a background
+            background_image = np.full((height, width, 3), np.round(np.array(options.background) * 255), np.uint8)
         self._background_vao = None
         if background_image is not None:
             self._background = texture_from_image(ctx, _resized(background_image, options.size), mipmaps=False)
@@ -244,6 +246,9 @@ class AvatarRenderer:
         self._drawn = np.unique(mesh.render_vertex)  # model vertices
         self._sharp = None if mesh.sharp is None else np.unique(mesh.render_vertex[mesh.sharp])
         self._still = self._render_still()
+        if self._underlay is not None:  # from now on the background is the still frame, its still parts included
+            self._background.release()
+            self._background = texture_from_image(ctx, self._still, mipmaps=False)
 
     def _link(self, normal_map: bool) -> None:
         """(Re)build the avatar program and its vertex array, with the uniforms set so far.
@@ -338,7 +343,7 @@ class AvatarRenderer:
             self.ctx.depth_func = "<"
             self.ctx.disable(moderngl.DEPTH_TEST)
         if self._underlay is not None:
-            self._underlay.draw(model, still_only=not avatar)
+            self._underlay.draw(model, moving=avatar)
         if avatar:
             self.ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
             self.albedo.use(0)
