@@ -150,3 +150,41 @@ def test_no_crack_in_the_head_look(astronaut_pipeline, ict_model, gl_context, ya
     enclosed = [i for i in range(1, len(stats)) if stats[i, 0] > 0 and stats[i, 1] > 0
                 and stats[i, 0] + stats[i, 2] < width and stats[i, 1] + stats[i, 3] < height]
     assert not enclosed, f"{len(enclosed)} specks of background inside the head ({stats[enclosed, 4].sum()} pixels)"
+
+
+def test_the_triangles_left_out_never_show(astronaut_pipeline, ict_model, gl_context) -> None:
+    """The inner parts' triangles that no view shows are not drawn: on identities, expressions and head turns that
+    `tools/build_hidden_triangles.py` did not sample, the head drawn without them is the same, pixel for pixel, as the
+    whole head, and they are a good share of the inner parts (else the table is stale or empty)."""
+    from realtime.head import model_matrix
+    from realtime.ict.avatar import Avatar, build_avatar_mesh, hidden_triangles
+    from realtime.ict.pipeline import HEAD_PIVOT
+    from realtime.rendering.renderer import AvatarRenderer, RenderOptions
+
+    hidden = hidden_triangles()
+    teeth = np.flatnonzero(ict_model.part_mask("teeth"))
+    assert np.isin(teeth, hidden).mean() > 0.3
+    options = RenderOptions(size=(720, 720), antialias="none", framing_height=24.0)
+    albedo = astronaut_pipeline.identity.albedo
+    whole, reduced = (AvatarRenderer(gl_context, build_avatar_mesh(ict_model, hidden=h), albedo, options)
+                      for h in (None, hidden))
+    rng = np.random.default_rng(2026)
+    try:
+        assert len(reduced.mesh.triangles) < 0.9 * len(whole.mesh.triangles)
+        for _ in range(2):
+            avatar = Avatar(ict_model, ict_model.identity_shape(rng.normal(0.0, 1.0, len(ict_model.identity_basis))))
+            for _ in range(6):
+                weights = np.zeros(len(ict_model.expression_names), np.float32)
+                weights[rng.choice(len(weights), 5, replace=False)] = rng.uniform(0.3, 1.0, 5)
+                weights[ict_model.expression_index("jawOpen")] = rng.uniform(0.0, 1.0)
+                yaw, pitch = np.radians(rng.uniform(-50, 50)), np.radians(rng.uniform(-30, 30))
+                turn = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+                nod = np.array([[1, 0, 0], [0, np.cos(pitch), -np.sin(pitch)], [0, np.sin(pitch), np.cos(pitch)]])
+                matrix = model_matrix((turn @ nod).astype(np.float32), np.asarray(HEAD_PIVOT, np.float32))
+                vertices, normals = avatar.pose(weights)
+                expected = whole.render(vertices, normals, matrix)
+                image = reduced.render(vertices, normals, matrix)
+                assert np.array_equal(image, expected), f"{int((image != expected).any(axis=2).sum())} pixels differ"
+    finally:
+        whole.release()
+        reduced.release()

@@ -1,10 +1,13 @@
 """The avatar: an identity's neutral ICT head plus this frame's expression, and what the renderer needs to draw it."""
 
+from pathlib import Path
+
 import numpy as np
 
 from realtime.geometry.normals import VertexNormals
 from realtime.head import GAZE_DEGREES
 from realtime.ict.model import IctModel
+from realtime.paths import PACKAGE_DATA
 from realtime.rendering.renderer import AvatarMesh
 from realtime.tracking.tracker import BLENDSHAPE_NAMES
 
@@ -27,6 +30,12 @@ PART_COLORS: dict[str, tuple[float, float, float]] = {
     # "eyelashes": (0.06, 0.045, 0.04),
 }
 TEXTURED_PARTS = ("face", "head_neck")
+# The parts inside the head: some of their triangles no pose or expression shows, and those are not drawn
+# (`hidden_triangles`). The software rasteriser pays for every triangle: the teeth cost 10% of a frame's drawing with
+# the mouth closed.
+INNER_PARTS = ("mouth_socket", "eye_socket_left", "eye_socket_right", "gums_tongue", "teeth", "sclera_left",
+               "sclera_right")
+HIDDEN_TRIANGLES_PATH = PACKAGE_DATA / "ict_hidden_triangles.txt"
 # Parts drawn from coarser copies (this fraction of their triangles removed): the software rasteriser pays per
 # triangle. Those seen only through the mouth are a third of the head's triangles for a few pixels on screen; face
 # and scalp at half their triangles look the same (mean difference 0.2 of 255 at 640x480, head turned 45 degrees,
@@ -59,6 +68,13 @@ def blendshape_matrix(expression_names: tuple[str, ...], mirrored: bool = False)
         for shape in ict_shape_names(name, mirrored):
             matrix[expression_names.index(shape), column] = 1.0
     return matrix
+
+
+def hidden_triangles(path: Path = HIDDEN_TRIANGLES_PATH) -> np.ndarray:
+    """(K,) indices of the model's triangles that no view shows (`tools/build_hidden_triangles.py`: start and end of
+    each run, a line each)."""
+    runs = np.loadtxt(path, dtype=np.int64, comments="#", ndmin=2)
+    return np.concatenate([np.arange(start, end) for start, end in runs]) if len(runs) else np.zeros(0, np.int64)
 
 
 def simplify_part(model: IctModel, part: str, reduction: float) -> np.ndarray:
@@ -98,10 +114,20 @@ def simplify_part(model: IctModel, part: str, reduction: float) -> np.ndarray:
 
 
 def drawn_triangles(model: IctModel, simplified: dict[str, float] = SIMPLIFIED_PARTS) -> np.ndarray:
-    """(T', 3) render-vertex triangles the avatar draws, the ``simplified`` parts reduced by their fractions."""
+    """(T', 3) render-vertex triangles of the drawn parts, the ``simplified`` parts reduced by their fractions."""
     parts = [simplify_part(model, name, simplified[name]) if name in simplified
              else model.triangles[model.part_mask(name)] for name in PART_COLORS]
     return np.concatenate(parts)
+
+
+def shown_triangles(model: IctModel, triangles: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """(T,) bool: which of ``triangles`` (T, 3 render vertices; coarsened ones too) can show, given the ``hidden``
+    model triangles: a triangle is hidden where its corners all are, on hidden triangles only."""
+    shown = np.ones(len(model.triangles), bool)
+    shown[hidden] = False
+    on_shown = np.zeros(len(model.render_vertex), bool)
+    on_shown[model.triangles[shown].ravel()] = True
+    return on_shown[triangles].any(axis=1)
 
 
 def paint_irises(model: IctModel, material: np.ndarray, iris_color: np.ndarray) -> None:
@@ -130,8 +156,13 @@ def atlas_uv(model: IctModel) -> np.ndarray:
     return uv
 
 
-def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None) -> AvatarMesh:
-    """The drawn triangles with their materials; textured parts sample an atlas of the UV tiles 0 and 1 side by side."""
+def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None,
+                      hidden: np.ndarray | None = None) -> AvatarMesh:
+    """The drawn triangles (less those on the ``hidden`` model triangles) with their materials; textured parts sample
+    an atlas of the UV tiles 0 and 1 side by side."""
+    triangles = drawn_triangles(model)
+    if hidden is not None:
+        triangles = triangles[shown_triangles(model, triangles, hidden)]
     material = np.zeros((len(model.render_vertex), 4), np.float32)
     part_names = list(PART_COLORS)
     for name in part_names:
@@ -140,7 +171,7 @@ def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None) -> 
         material[vertices, 3] = 1.0 if name in TEXTURED_PARTS else 0.0
     paint_irises(model, material, np.array((0.32, 0.22, 0.14) if iris_color is None else iris_color, np.float32))
     return AvatarMesh(
-        triangles=drawn_triangles(model),
+        triangles=triangles,
         render_vertex=model.render_vertex,
         uv=atlas_uv(model),
         material=material,

@@ -19,7 +19,7 @@ from realtime.compositing.photo_look import (
     rest_depth,
 )
 from realtime.head import AvatarPose
-from realtime.ict.avatar import Avatar, build_avatar_mesh
+from realtime.ict.avatar import Avatar, build_avatar_mesh, hidden_triangles, shown_triangles
 from realtime.ict.identity import Identity
 from realtime.ict.model import IctModel
 from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderOptions
@@ -53,6 +53,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     hidden = _vertex_mask(model, model.part_mask(*HIDDEN_PARTS))
     transparent = attributes[:, 3] < DISCARD_OPACITY  # triangles of these are never drawn: not sent
     kept = ~(hidden[triangles].all(axis=1) | transparent[triangles].all(axis=1))
+    kept &= shown_triangles(model, triangles, hidden_triangles())  # (the rest depth above is the whole head's)
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[np.unique(model.triangles[model.part_mask(part)]), :3] *= shade
     drawn = triangles[kept]

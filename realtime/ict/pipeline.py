@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from realtime import assets
 from realtime.head import AvatarGeometry, AvatarPose, model_matrix
-from realtime.ict.avatar import Avatar, build_avatar_mesh
+from realtime.ict.avatar import Avatar, build_avatar_mesh, hidden_triangles
 from realtime.ict.identity import Identity, prepare_identity
 from realtime.ict.model import IctModel
 from realtime.ict.photo_look import photo_look_renderer, photo_pose
@@ -105,8 +105,8 @@ class RetargetPipeline:
                     renderer = photo_look_renderer(ctx, model, identity, avatar, read_image(photo, "identity photo"),
                                                    options.render)
                 else:
-                    renderer = AvatarRenderer(ctx, build_avatar_mesh(model, identity.iris_color), identity.albedo,
-                                              options.render, background)
+                    mesh = build_avatar_mesh(model, identity.iris_color, hidden_triangles())
+                    renderer = AvatarRenderer(ctx, mesh, identity.albedo, options.render, background)
                 identities.append(PreparedIdentity(identity, avatar, renderer, options.look == "photo"))
             tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
         except BaseException:
