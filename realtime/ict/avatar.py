@@ -226,9 +226,11 @@ class Avatar:
         for i in range(n_shapes):
             shape_normals = self.exact_normals(self.identity_vertices + model.expression_basis[i])
             self._normal_basis[i] = (shape_normals - self.identity_normals).ravel()
-        self._eyes = []  # (vertex indices, centre, weight indices of out/in/up/down, of the blink, outward sign)
+        self._eyes = []  # (vertices: indices or a slice, centre, weights of out/in/up/down, of the blink, outward)
         for side, suffix, outward in (("left", "_L", 1.0), ("right", "_R", -1.0)):
             vertices = np.unique(model.triangles_of(f"sclera_{side}", f"iris_{side}"))
+            if vertices[-1] - vertices[0] + 1 == len(vertices):  # one run (as in ICT): posed through a view, no copy
+                vertices = slice(int(vertices[0]), int(vertices[-1]) + 1)
             center = sphere_center(self.identity_vertices[np.unique(model.triangles_of(f"sclera_{side}"))])
             looks = [model.expression_index(f"eyeLook{d}{suffix}") for d in ("Out", "In", "Up", "Down")]
             blink = model.expression_index(f"eyeBlink{suffix}")
@@ -241,8 +243,10 @@ class Avatar:
         for _, _, looks, blink, _ in self._eyes:
             shapes[looks[2]] *= 1.0 - min(float(weights[blink]), 1.0)  # eyeLookUp's raised lids would not close
             shapes[blink] *= LIDS_CLOSED_AT
-        vertices = self.identity_vertices + (shapes @ self._expression_basis).reshape(-1, 3)
-        normals = self.identity_normals + (shapes @ self._normal_basis).reshape(-1, 3)
+        vertices = (shapes @ self._expression_basis).reshape(-1, 3)
+        vertices += self.identity_vertices
+        normals = (shapes @ self._normal_basis).reshape(-1, 3)
+        normals += self.identity_normals
         for eye, center, looks, blink, outward in self._eyes:
             # closing lids bring the eyeball to centre: a cornea turned up or aside would bulge through them
             rotation = gaze_rotation(*weights[looks] * (1.0 - min(float(weights[blink]), 1.0)), outward)
