@@ -42,8 +42,9 @@ HIDDEN_TRIANGLES_PATH = PACKAGE_DATA / "ict_hidden_triangles.txt"
 # mouth open) for 15% less drawing. The teeth stay whole: coarsened, their edges show notches in a smile.
 SIMPLIFIED_PARTS = {"face": 0.5, "head_neck": 0.5, "gums_tongue": 0.7, "mouth_socket": 0.7, "eye_socket_left": 0.5,
                     "eye_socket_right": 0.5}
-LIDDED_PARTS = ("face",)  # the skin that closes over the eyeballs: its lids stay whole when it is coarsened
-LID_MOTION_CM = 0.05  # a vertex that a full blink moves further is part of a lid
+# What stays whole when a part is coarsened: the triangles that these shapes move further than this many cm, the
+# face's lids. Coarser, their chords would cut into the eyeballs they close over.
+KEPT_WHOLE: dict[str, dict[str, float]] = {"face": {"eyeBlink_L": 0.05, "eyeBlink_R": 0.05}}
 IRIS_RADIUS_CM = 0.58
 PUPIL_RADIUS_CM = 0.22
 # MediaPipe's two symmetric scores drive both halves of ICT's split shapes.
@@ -77,25 +78,25 @@ def hidden_triangles(path: Path = HIDDEN_TRIANGLES_PATH) -> np.ndarray:
     return np.concatenate([np.arange(start, end) for start, end in runs]) if len(runs) else np.zeros(0, np.int64)
 
 
-def simplify_part(model: IctModel, part: str, reduction: float) -> np.ndarray:
+def simplify_part(model: IctModel, part: str, reduction: float,
+                  kept_whole: dict[str, dict[str, float]] = KEPT_WHOLE) -> np.ndarray:
     """A coarser copy of a part over a subset of its own render vertices, (T', 3) render-vertex triangles.
 
     Quadric edge collapses (fast-simplification) are replayed as half-edge collapses: every removed vertex merges into
     the vertex that survives it, which keeps its original position, so the coarse mesh deforms with the same
     identity and expression shapes as the full one. The part's open edges are kept whole: its outline where it meets
     the other parts (no cracks between two coarsened parts), the lids' and lips' edges, and its UV seams (render
-    vertices are split there), so that every triangle keeps the texture's UVs of its own side. The face's lids stay
-    whole too (the triangles that a blink moves): coarser, their chords would cut into the eyeballs they close over.
+    vertices are split there), so that every triangle keeps the texture's UVs of its own side; so are the triangles
+    that ``kept_whole`` names (the lids).
     """
     import fast_simplification
 
     part_triangles = model.triangles[model.part_mask(part)]
-    blink = np.zeros(model.n_vertices, bool)
-    if part in LIDDED_PARTS:
-        for shape in ("eyeBlink_L", "eyeBlink_R"):
-            blink |= np.linalg.norm(model.expression_basis[model.expression_index(shape)], axis=1) > LID_MOTION_CM
-    lids = blink[model.render_vertex[part_triangles]].any(axis=1)
-    used, local = np.unique(part_triangles[~lids], return_inverse=True)
+    moved = np.zeros(model.n_vertices, bool)
+    for shape, distance in kept_whole.get(part, {}).items():
+        moved |= np.linalg.norm(model.expression_basis[model.expression_index(shape)], axis=1) > distance
+    whole = moved[model.render_vertex[part_triangles]].any(axis=1)
+    used, local = np.unique(part_triangles[~whole], return_inverse=True)
     local = local.reshape(-1, 3).astype(np.int32)
     _, _, collapses = fast_simplification.simplify(
         model.neutral[model.render_vertex[used]].astype(np.float32), local, target_reduction=reduction,
@@ -110,12 +111,14 @@ def simplify_part(model: IctModel, part: str, reduction: float) -> np.ndarray:
     triangles = triangles[(triangles[:, 0] != triangles[:, 1]) & (triangles[:, 1] != triangles[:, 2])
                           & (triangles[:, 0] != triangles[:, 2])]
     _, first = np.unique(np.sort(triangles, axis=1), axis=0, return_index=True)
-    return np.r_[used[triangles[np.sort(first)]], part_triangles[lids]].astype(np.int32)
+    return np.r_[used[triangles[np.sort(first)]], part_triangles[whole]].astype(np.int32)
 
 
-def drawn_triangles(model: IctModel, simplified: dict[str, float] = SIMPLIFIED_PARTS) -> np.ndarray:
-    """(T', 3) render-vertex triangles of the drawn parts, the ``simplified`` parts reduced by their fractions."""
-    parts = [simplify_part(model, name, simplified[name]) if name in simplified
+def drawn_triangles(model: IctModel, simplified: dict[str, float] = SIMPLIFIED_PARTS,
+                    kept_whole: dict[str, dict[str, float]] = KEPT_WHOLE) -> np.ndarray:
+    """(T', 3) render-vertex triangles of the drawn parts, the ``simplified`` parts reduced by their fractions (what
+    ``kept_whole`` names kept whole)."""
+    parts = [simplify_part(model, name, simplified[name], kept_whole) if name in simplified
              else model.triangles[model.part_mask(name)] for name in PART_COLORS]
     return np.concatenate(parts)
 
@@ -156,11 +159,13 @@ def atlas_uv(model: IctModel) -> np.ndarray:
     return uv
 
 
-def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None,
-                      hidden: np.ndarray | None = None) -> AvatarMesh:
-    """The drawn triangles (less those on the ``hidden`` model triangles) with their materials; textured parts sample
-    an atlas of the UV tiles 0 and 1 side by side."""
-    triangles = drawn_triangles(model)
+def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None, hidden: np.ndarray | None = None,
+                      simplified: dict[str, float] = SIMPLIFIED_PARTS,
+                      kept_whole: dict[str, dict[str, float]] = KEPT_WHOLE) -> AvatarMesh:
+    """The drawn triangles (the ``simplified`` parts coarsened but for what ``kept_whole`` names, less those on the
+    ``hidden`` model triangles) with their materials; textured parts sample an atlas of the UV tiles 0 and 1 side by
+    side."""
+    triangles = drawn_triangles(model, simplified, kept_whole)
     if hidden is not None:
         triangles = triangles[shown_triangles(model, triangles, hidden)]
     material = np.zeros((len(model.render_vertex), 4), np.float32)
