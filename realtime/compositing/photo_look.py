@@ -345,7 +345,8 @@ class PhotoLook:
 
 def clear_triangles(uv: np.ndarray, marked: np.ndarray) -> np.ndarray:
     """(T,) bool: the triangles with frame UVs ``uv`` (T, 3, 2) whose texels (and their bilinear neighbours) are all
-    clear of ``marked`` (H, W) bool (where marked means not transparent: the triangles that would blend nothing)."""
+    clear of ``marked`` (H, W) bool. With the texels that are not transparent marked: the triangles that would blend
+    nothing; with those that are not opaque: the triangles opaque throughout."""
     height, width = marked.shape
     counts = np.zeros((height + 1, width + 1), np.int64)  # summed-area table of the marked texels
     counts[1:, 1:] = np.cumsum(np.cumsum(marked, axis=0), axis=1)
