@@ -39,8 +39,11 @@ HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown i
 # four mouth poses and turns: closer to it than the head look's face but in the widest open mouth; 6% less drawing.
 SIMPLIFIED = {**SIMPLIFIED_PARTS, "face": 0.85}
 KEPT_WHOLE_HERE = {"face": {**KEPT_WHOLE["face"], "mouthRollLower": 0.2, "mouthRollUpper": 0.2}}
-# The mouth's materials are shaded by their shape only; a real mouth interior is also in the lips' shadow.
+# The mouth's materials are shaded by their shape only; a real mouth interior is also in the lips' shadow, and the
+# teeth the more the deeper they are: light reaches the back of a mouth through its opening only. Lit like the front
+# teeth, the far row of lower teeth in a turned, open mouth is a bright lump across it.
 MOUTH_SHADOW = {"mouth_socket": 0.5, "gums_tongue": 0.9, "teeth": 0.9}
+TEETH_DEPTH_CM, BACK_TEETH_SHADE = 2.5, 0.4  # this much light this far behind the front teeth, and further back
 
 
 def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identity, avatar: Avatar,
@@ -69,6 +72,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     kept &= shown_triangles(model, triangles, hidden_triangles())  # (the rest depth above is the whole head's)
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[np.unique(model.triangles[model.part_mask(part)]), :3] *= shade
+    shade_teeth_by_depth(model, mesh.material)
     drawn = triangles[kept]
     mesh = dataclasses.replace(mesh, triangles=drawn, photo=attributes,
                                sharp=np.unique(drawn[~skin[drawn].all(axis=1)]))  # mouth, teeth, eyes
@@ -76,6 +80,14 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     return AvatarRenderer(ctx, mesh, identity.albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
                           camera=camera, photo=layers.photo, underlay=look)
+
+
+def shade_teeth_by_depth(model: IctModel, material: np.ndarray) -> None:
+    """Darken the teeth's (R, 4) render-vertex ``material`` with their depth behind the front teeth (in place)."""
+    teeth = np.unique(model.triangles[model.part_mask("teeth")])
+    depth = model.neutral[model.render_vertex[teeth], 2]
+    behind = (depth.max() - depth) / TEETH_DEPTH_CM
+    material[teeth, :3] *= np.clip(1.0 - (1.0 - BACK_TEETH_SHADE) * behind, BACK_TEETH_SHADE, 1.0)[:, None]
 
 
 def _vertex_mask(model: IctModel, triangle_mask: np.ndarray) -> np.ndarray:
