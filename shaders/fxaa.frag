@@ -1,10 +1,10 @@
 #version 330 core
 // Fast approximate anti-aliasing (after T. Lottes' FXAA): blend along the local edge direction where the luminance
-// contrast says there is an edge. One pass, nine texture reads per pixel: far cheaper than multisampling on a
-// software rasteriser, whose cost per triangle multiplies with the sample count.
-// Two passes: MARK_EDGES 1 copies every pixel and marks in the depth buffer those with an edge; MARK_EDGES 0 smooths,
-// drawn behind a depth test that only the marked pixels pass. llvmpipe shades a whole block of pixels through every
-// branch unless its depth test rejects the block: in one pass, the edge path cost every pixel as much as an edge's.
+// contrast says there is an edge: far cheaper than multisampling on a software rasteriser, whose cost per triangle
+// multiplies with the sample count. Two passes: MARK_EDGES 1 reads five texels, copies every pixel and marks in the
+// depth buffer those with an edge; MARK_EDGES 0 smooths (four more filtered reads), drawn behind a depth test that
+// only the marked pixels pass. llvmpipe shades a whole block of pixels through every branch unless its depth test
+// rejects the block: in one pass, the edge path cost every pixel as much as an edge's.
 uniform sampler2D image;
 uniform vec2 texel;  // 1 / size
 

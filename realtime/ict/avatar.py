@@ -1,5 +1,6 @@
 """The avatar: an identity's neutral ICT head plus this frame's expression, and what the renderer needs to draw it."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,14 @@ def blendshape_matrix(expression_names: tuple[str, ...], mirrored: bool = False)
     return matrix
 
 
+@functools.cache
 def hidden_triangles(path: Path = HIDDEN_TRIANGLES_PATH) -> np.ndarray:
     """(K,) indices of the model's triangles that no view shows (`tools/build_hidden_triangles.py`: start and end of
-    each run, a line each)."""
+    each run, a line each); read once, read-only."""
     runs = np.loadtxt(path, dtype=np.int64, comments="#", ndmin=2)
-    return np.concatenate([np.arange(start, end) for start, end in runs]) if len(runs) else np.zeros(0, np.int64)
+    hidden = np.concatenate([np.arange(start, end) for start, end in runs]) if len(runs) else np.zeros(0, np.int64)
+    hidden.setflags(write=False)
+    return hidden
 
 
 def simplify_part(model: IctModel, part: str, reduction: float,

@@ -198,12 +198,15 @@ class AvatarRenderer:
         self._underlay = underlay
         if underlay is not None and background_image is None:  # the underlay's still parts go into a background
             background_image = np.full((height, width, 3), np.round(np.array(options.background) * 255), np.uint8)
+        # the full-frame passes (background, anti-aliasing) draw this triangle strip
+        quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], np.float32).tobytes())
+        self._resources: list = [quad]
         self._background_vao = None
         if background_image is not None:
             self._background = texture_from_image(ctx, _resized(background_image, options.size), mipmaps=False)
             program = load_program(ctx, "background")
-            quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], np.float32).tobytes())
             self._background_vao = ctx.vertex_array(program, [(quad, "2f", "in_position")])
+            self._resources += [self._background_vao, program]
 
         if options.antialias not in ANTIALIAS_MODES:
             raise ValueError(f"antialias must be one of {ANTIALIAS_MODES}, got {options.antialias!r}")
@@ -214,7 +217,7 @@ class AvatarRenderer:
         # what is read back; anti-aliasing marks its edges in the depth buffer
         edge_marks = ctx.depth_renderbuffer((width, height)) if options.antialias == "fxaa" else None
         self._output = ctx.framebuffer([ctx.renderbuffer((width, height), 4)], edge_marks)
-        self._resources = [self._scene_color, self._scene, self._output]
+        self._resources += [self._scene_color, self._scene, self._output]
         self._draw_target = self._scene
         if samples:
             self._draw_target = ctx.framebuffer(
@@ -224,11 +227,10 @@ class AvatarRenderer:
             self._resources.append(self._draw_target)
         self._fxaa: tuple[moderngl.VertexArray, moderngl.VertexArray] | None = None  # edges marked, then smoothed
         if options.antialias == "fxaa":
-            quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], np.float32).tobytes())
             mark, smooth = (load_program(ctx, "fxaa", {"MARK_EDGES": flag}) for flag in (1, 0))
             smooth["texel"].value = (1.0 / width, 1.0 / height)
             self._fxaa = tuple(ctx.vertex_array(program, [(quad, "2f", "in_position")]) for program in (mark, smooth))
-            self._resources += [*self._fxaa, mark, smooth, quad]
+            self._resources += [*self._fxaa, mark, smooth]
 
         target = np.array(options.target, np.float32)
         distance = options.framing_height / 2 / np.tan(np.radians(options.fov_y_degrees) / 2)
@@ -417,7 +419,7 @@ class AvatarRenderer:
         resources = [self.vao, self._positions, self._normals, *self._buffers, self.albedo, self.program,
                      *self._resources]
         if self._background_vao is not None:
-            resources += [self._background_vao, self._background]
+            resources.append(self._background)
         if self._photo is not None:
             resources.append(self._photo)
         if self._underlay is not None:
