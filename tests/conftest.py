@@ -178,6 +178,23 @@ def neutral_weights(model, **weights: float) -> np.ndarray:
     return w
 
 
+# Where a head turns on the neck, from MediaPipe's canonical origin (cm, head upright): below and behind it
+NECK_FROM_CANONICAL_ORIGIN = np.array([0.0, -3.0, -6.5])
+
+
+def yaw(degrees: float) -> np.ndarray:
+    """(3, 3) a turn about the vertical axis (camera space: y up, z to the camera)."""
+    a = np.radians(degrees)
+    return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+
+
+def turn_on_the_neck(degrees: float) -> dict:
+    """A head turn as MediaPipe reports it (`realtime.head.HeadOffset` fields): the rotation, and the canonical
+    origin carried round the neck with it."""
+    rotation = yaw(degrees)
+    return dict(rotation=rotation, translation=(np.eye(3) - rotation) @ NECK_FROM_CANONICAL_ORIGIN)
+
+
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` mounted on ``path`` (root only): a disk that really fills up."""

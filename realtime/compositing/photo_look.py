@@ -28,6 +28,7 @@ from realtime.geometry.fitting import inter_ocular_distance
 from realtime.head import HeadOffset
 from realtime.rendering.photo_texture import pull_push_fill
 from realtime.rendering.renderer import load_program, texture_from_image
+from realtime.tracking.head_pose import CanonicalFrame
 from realtime.tracking.landmarks import FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 
 CHIN, FOREHEAD = 152, 10  # MediaPipe landmarks at the bottom and top of the face's midline
@@ -160,14 +161,16 @@ def ortho_camera(size: tuple[int, int], projection: np.ndarray, depth: float) ->
     return (ortho @ projection).astype(np.float32)
 
 
-def photo_model_matrix(offset: HeadOffset, photo_rotation: np.ndarray, pivot: np.ndarray) -> np.ndarray:
+def photo_model_matrix(offset: HeadOffset, photo_rotation: np.ndarray, frame: CanonicalFrame) -> np.ndarray:
     """(4, 4) model-space motion that moves a head seen at ``photo_rotation`` (model -> camera) as the driver's
-    ``offset`` moves in camera space: rotation and scale about ``pivot`` (model space), then translation (cm)."""
+    ``offset`` moves in camera space: rotation and scale about the canonical origin, then the origin's translation
+    (canonical centimetres, in the head's units)."""
     rotation = photo_rotation.T @ offset.rotation @ photo_rotation
     linear = offset.scale * rotation
+    pivot = frame.origin.astype(np.float64)
     matrix = np.eye(4, dtype=np.float64)
     matrix[:3, :3] = linear
-    matrix[:3, 3] = pivot - linear @ pivot + photo_rotation.T @ offset.translation
+    matrix[:3, 3] = pivot - linear @ pivot + frame.scale * (photo_rotation.T @ offset.translation)
     return matrix.astype(np.float32)
 
 

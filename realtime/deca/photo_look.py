@@ -20,9 +20,11 @@ from realtime.compositing.photo_look import (
     photo_model_matrix,
     rest_depth,
 )
-from realtime.deca.flame import HeadTemplate, batch_rodrigues
+from realtime.deca.flame import FlameIdentity, FlameModel, HeadTemplate, batch_rodrigues, flame_vertices
+from realtime.deca.landmark_fit import FlameLandmarks
 from realtime.head import HeadOffset
 from realtime.rendering.renderer import DISCARD_OPACITY, AvatarMesh, AvatarRenderer, RenderOptions
+from realtime.tracking.head_pose import CanonicalFrame, canonical_frame
 
 MOUTH_CAVITY_COLOR = (0.12, 0.04, 0.04)
 CAVITY_DEPTH = 0.5  # of the mouth's width, behind the lips
@@ -151,10 +153,16 @@ def with_cavity(vertices: np.ndarray, cavity: MouthCavity | None, rotation: np.n
     return np.r_[vertices, [cavity.centre(vertices, back)]].astype(np.float32)
 
 
-def neck_pivot(joints: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """(3,) the neck joint after FLAME's global rotation ``pose[:3]`` about the root joint."""
-    rotation = batch_rodrigues(pose[None, :3].astype(np.float64))[0]
-    return rotation @ (joints[1] - joints[0]) + joints[0]
+def head_frame(flame: FlameModel, identity: FlameIdentity, view: DecaPhotoView,
+               landmarks: FlameLandmarks | None) -> CanonicalFrame:
+    """Where MediaPipe's canonical face sits on the photo's posed FLAME head: what the driver's head motion is relative
+    to. Without a landmark embedding: the neck joint, and FLAME's metres for MediaPipe's centimetres."""
+    if landmarks is None:
+        rotation = batch_rodrigues(view.pose[None, :3].astype(np.float64))[0]
+        neck = rotation @ (identity.joints[1] - identity.joints[0]) + identity.joints[0]
+        return CanonicalFrame(neck.astype(np.float32), 0.01)
+    rest = flame_vertices(flame, identity, view.exp, view.pose)
+    return canonical_frame(landmarks.points(rest, flame.faces), landmarks.mediapipe)
 
 
 def photo_codes(view: DecaPhotoView, exp: np.ndarray, jaw: np.ndarray, eyes: np.ndarray) -> tuple[np.ndarray,
@@ -166,5 +174,5 @@ def photo_codes(view: DecaPhotoView, exp: np.ndarray, jaw: np.ndarray, eyes: np.
     return (view.exp + exp).astype(np.float32), pose
 
 
-def photo_matrix(view: DecaPhotoView, offset: HeadOffset, pivot: np.ndarray) -> np.ndarray:
-    return photo_model_matrix(offset, view.rotation, pivot)
+def photo_matrix(view: DecaPhotoView, offset: HeadOffset, frame: CanonicalFrame) -> np.ndarray:
+    return photo_model_matrix(offset, view.rotation, frame)

@@ -38,7 +38,7 @@ from realtime.deca.flame import (
 from realtime.deca.landmark_fit import ExpressionFitter, FlameLandmarks
 from realtime.deca.photo_look import (
     DecaPhotoView,
-    neck_pivot,
+    head_frame,
     photo_codes,
     photo_look_renderer,
     photo_matrix,
@@ -88,7 +88,7 @@ class DecaModel:
     flame: FlameModel
     template: HeadTemplate
     encoder: object | None  # realtime.deca.networks.DecaEncoder (torch, imported lazily); None: FLAME only
-    landmarks: FlameLandmarks | None  # how tracker landmarks sit on FLAME, for the FLAME-only path
+    landmarks: FlameLandmarks | None  # how tracker landmarks sit on FLAME (drives it without the networks)
     face_eye_mask: np.ndarray  # (256, 256) DECA rows
     fixed_displacement: np.ndarray  # (256, 256) DECA rows
 
@@ -114,10 +114,11 @@ class DecaModel:
                     log.info("DECA networks on compiled engines: %s", encoder.describe())
             if encoder is None:
                 encoder = DecaEncoder(load_deca_checkpoint(data.path("deca_model.tar")))
-        else:
-            embedding = data.embedding()
+        embedding = data.embedding()
+        if embedding is not None:
             landmarks = (FlameLandmarks.from_mediapipe_embedding(embedding) if embedding.suffix == ".npz"
                          else FlameLandmarks.from_deca_embedding(embedding))
+        if encoder is None:
             log.info("no deca_model.tar: FLAME is driven by the tracker's landmarks through %s", embedding.name)
         return cls(data, flame, template, encoder, landmarks, data.uv_mask(), data.fixed_displacement())
 
@@ -295,7 +296,7 @@ class DecaPipeline:
             self.renderer.set_normal_map(self._detail.texture)
         self._pivot = identity.flame.joints[1]  # the neck joint
         if self.photo_look:
-            self._pivot = neck_pivot(identity.flame.joints, identity.photo_view.pose)
+            self._frame = head_frame(model.flame, identity.flame, identity.photo_view, model.landmarks)
         self._pose = self.neutral_pose()
         self._rest = np.zeros(N_EXP + N_JAW + N_EYES, np.float32)
         self._filter = None
@@ -372,7 +373,7 @@ class DecaPipeline:
             view = self.identity.photo_view
             exp, flame_pose = photo_codes(view, exp, jaw, eyes)
             jaw = flame_pose[6:9]
-            matrix = photo_matrix(view, pose.offset, self._pivot)
+            matrix = photo_matrix(view, pose.offset, self._frame)
         else:
             flame_pose, matrix = full_pose(np.zeros(3), jaw, eyes), model_matrix(pose.rotation, self._pivot)
         vertices = flame_vertices(self.model.flame, self.identity.flame, exp, flame_pose)

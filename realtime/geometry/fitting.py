@@ -1,4 +1,5 @@
-"""Fitting a head to 2D landmarks, whatever the head model: the weak-perspective camera and bounded least squares.
+"""Fitting a head to landmarks, whatever the head model: the weak-perspective camera, bounded least squares, and the
+similarity between two point sets.
 
 The camera is weak perspective (a face is far from the lens compared with its depth):
 ``pixel = scale * [x, -y] of (rotation @ point) + translation``.
@@ -60,3 +61,16 @@ def bounded_least_squares(a: np.ndarray, b: np.ndarray, lower: np.ndarray, upper
             break
         x = updated
     return x
+
+
+def fit_similarity(source: np.ndarray, target: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """Rotation (3, 3), scale and translation (3,) best mapping (K, 3) ``source`` onto (K, 3) ``target`` in the
+    weighted least-squares sense: ``target ~ scale * rotation @ source + translation`` (Umeyama 1991)."""
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    source_mean, target_mean = w @ source, w @ target
+    a, b = source - source_mean, target - target_mean
+    u, singular, vt = np.linalg.svd((b * w[:, None]).T @ a)
+    flip = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ flip @ vt
+    scale = float(np.sum(singular * np.diag(flip)) / (w @ np.sum(a * a, axis=1)))
+    return rotation, scale, target_mean - scale * rotation @ source_mean

@@ -28,8 +28,10 @@ from realtime.ict.avatar import (
     shown_triangles,
 )
 from realtime.ict.identity import Identity
+from realtime.ict.landmark_map import LandmarkMap
 from realtime.ict.model import IctModel
 from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderOptions
+from realtime.tracking.head_pose import CanonicalFrame, canonical_frame
 
 SKIN_PARTS = ("face",)  # fades into the photo at its outline
 HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown instead
@@ -98,8 +100,14 @@ def _vertex_mask(model: IctModel, triangle_mask: np.ndarray) -> np.ndarray:
     return used
 
 
-def photo_pose(identity: Identity, pose: AvatarPose, pivot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def head_frame(identity: Identity) -> CanonicalFrame:
+    """Where MediaPipe's canonical face sits on the identity's head: what the driver's head motion is relative to."""
+    points = LandmarkMap.load().points(identity.vertices)
+    return canonical_frame(points, np.arange(len(points)))
+
+
+def photo_pose(identity: Identity, pose: AvatarPose, frame: CanonicalFrame) -> tuple[np.ndarray, np.ndarray]:
     """(53,) expression weights (the photo's own plus the driver's) and the (4, 4) model matrix of ``pose``."""
     view = identity.photo_view
     expression = np.clip(view.expression + pose.expression, 0.0, 1.0).astype(np.float32)
-    return expression, photo_model_matrix(pose.offset, view.rotation, pivot)
+    return expression, photo_model_matrix(pose.offset, view.rotation, frame)

@@ -23,11 +23,12 @@ from realtime.head import AvatarGeometry, AvatarPose, model_matrix
 from realtime.ict.avatar import Avatar, build_avatar_mesh, hidden_triangles
 from realtime.ict.identity import Identity, prepare_identity
 from realtime.ict.model import IctModel
-from realtime.ict.photo_look import photo_look_renderer, photo_pose
+from realtime.ict.photo_look import head_frame, photo_look_renderer, photo_pose
 from realtime.ict.retarget import Retargeter, RetargetOptions
 from realtime.io.images import read_image
 from realtime.paths import cache_dir
 from realtime.rendering.renderer import OFFSCREEN, AvatarRenderer, RenderOptions, create_context
+from realtime.tracking.head_pose import CanonicalFrame
 from realtime.tracking.tracker import FaceObservation, FaceTracker, FaceTrackerOptions, RunningMode
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class PreparedIdentity:
     identity: Identity
     avatar: Avatar
     renderer: AvatarRenderer
-    photo_look: bool = False
+    frame: CanonicalFrame | None = None  # the photo look's: what the driver's head motion moves
 
 
 class RetargetPipeline:
@@ -107,7 +108,8 @@ class RetargetPipeline:
                 else:
                     mesh = build_avatar_mesh(model, identity.iris_color, hidden_triangles())
                     renderer = AvatarRenderer(ctx, mesh, identity.albedo, options.render, background)
-                identities.append(PreparedIdentity(identity, avatar, renderer, options.look == "photo"))
+                frame = head_frame(identity) if options.look == "photo" else None
+                identities.append(PreparedIdentity(identity, avatar, renderer, frame))
             tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
         except BaseException:
             for prepared in identities:
@@ -156,8 +158,8 @@ class RetargetPipeline:
         """The selected identity's posed mesh (numpy only: may run on a worker thread)."""
         selected = self.selected
         prepared = self.identities[selected]
-        if prepared.photo_look:
-            expression, matrix = photo_pose(prepared.identity, pose, HEAD_PIVOT)
+        if prepared.frame is not None:
+            expression, matrix = photo_pose(prepared.identity, pose, prepared.frame)
         else:
             expression, matrix = pose.expression, model_matrix(pose.rotation, HEAD_PIVOT)
         vertices, normals = prepared.avatar.pose(expression)

@@ -1,10 +1,49 @@
-"""The driver's head from MediaPipe's facial transform: its rotation, and its motion relative to its resting pose."""
+"""The driver's head from MediaPipe's facial transform: its rotation, its motion relative to its resting pose, and
+where MediaPipe's canonical face (what the transform moves) sits on a head model."""
+
+import functools
+from dataclasses import dataclass
 
 import numpy as np
 
+from realtime.geometry.fitting import fit_similarity
+from realtime.paths import PACKAGE_DATA
 from realtime.tracking.filtering import OneEuroFilter, OneEuroParameters
 
 SETTLE_FRAMES = 5  # the resting head is the mean of the first tracked frames, until the user calibrates one
+CANONICAL_FACE_PATH = PACKAGE_DATA / "mediapipe_canonical_face.txt"  # tools/build_canonical_face.py
+
+
+@functools.cache
+def canonical_face() -> tuple[np.ndarray, np.ndarray]:
+    """MediaPipe's canonical face: (468, 3) vertices in centimetres, and (468,) the weights of its pose fit."""
+    table = np.loadtxt(CANONICAL_FACE_PATH)
+    vertices, weights = table[:, :3], table[:, 3]
+    vertices.flags.writeable = weights.flags.writeable = False
+    return vertices, weights
+
+
+@dataclass(frozen=True)
+class CanonicalFrame:
+    """Where MediaPipe's canonical face sits on a head model. MediaPipe's transform rotates the face about the
+    canonical origin and reports that origin's position in centimetres: a head that moves as the driver's turns
+    about ``origin`` and moves ``scale`` model units per centimetre."""
+
+    origin: np.ndarray  # (3,) model space
+    scale: float  # model units per canonical centimetre
+
+
+def canonical_frame(points: np.ndarray, indices: np.ndarray) -> CanonicalFrame:
+    """The canonical face fitted onto a head: ``points`` (K, 3) model space, where the head has MediaPipe landmarks
+    ``indices`` (K,); weighted as MediaPipe's own pose fit where the head has all of its landmarks, else evenly."""
+    vertices, weights = canonical_face()
+    indices = np.asarray(indices)
+    keep = indices < len(vertices)
+    chosen = weights[indices[keep]]
+    if not np.isclose(chosen.sum(), weights.sum()):
+        chosen = np.ones(len(chosen))
+    _, scale, translation = fit_similarity(vertices[indices[keep]], np.asarray(points, np.float64)[keep], chosen)
+    return CanonicalFrame(translation.astype(np.float32), scale)
 
 
 def view_ray_rotation(direction: np.ndarray) -> np.ndarray:
