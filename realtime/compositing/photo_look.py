@@ -7,8 +7,9 @@ Prepared once per identity and output size (`PhotoLayers`, `build_photo_layers`)
   (rotation, translation, scale), the motion fading down the neck (``motion``: 1 on the head and hair, 0 on the
   shoulders and body, which stay still: measured on self-reenactment, a body that follows the head's translation
   uncovers more of the filled plate than it matches);
-- ``plate``: the photo with the person removed and filled from the background around them, so that motion uncovers
-  background, never a hole or a ghost of the head.
+- ``plate``: the photo with the person removed and filled from the background around them (`realtime.compositing.fill`:
+  the smoothest surface meeting the background all round), so that motion uncovers background, never a hole or a
+  ghost of the head.
 
 Per frame (`PhotoLook.draw`, called by the renderer between the plate and the face): the layer is drawn on a grid
 lifted onto the fitted head's depth (hair and ears turn with the head, as on a shell around it), moved by the head's
@@ -23,6 +24,7 @@ import cv2
 import moderngl
 import numpy as np
 
+from realtime.compositing.fill import membrane_fill
 from realtime.compositing.framing import Framing, frame_photo
 from realtime.geometry.fitting import inter_ocular_distance
 from realtime.head import HeadOffset
@@ -108,7 +110,7 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     filled_region = cv2.dilate(person, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2))
     fill = cv2.GaussianBlur(filled_region.astype(np.float32), (0, 0), margin / 2)
     known = (1.0 - person_framed) * (fill < 0.01)  # background that motion never uncovers: what the hole is filled from
-    filled = pull_push_fill(framed.astype(np.float32) / 255.0, known.astype(np.float32)) * 255.0
+    filled = membrane_fill(framed, known > 0.5)
     plate = np.clip(framed * (1 - fill[..., None]) + filled * fill[..., None] + 0.5, 0, 255).astype(np.uint8)
     # The layer covers the person and every filled pixel of the plate: at rest, layer and plate show the photo
     # wherever they meet.
