@@ -153,6 +153,28 @@ def test_without_decas_networks_the_landmarks_drive_flame(flame_only_folder, dec
         pipeline.close()
 
 
+def test_the_landmark_driven_flame_head_in_the_photo_look(flame_only_folder, gl_context) -> None:
+    """Without the networks, the photo look still starts from the photo, and MediaPipe's canonical face is fitted onto
+    the FLAME head through the landmark embedding (the generated one is random: its fit is not checked here; the
+    maths is, in tests/test_photo_look.py), so that a lean moves the head, by a finite amount."""
+    from realtime.deca.pipeline import DecaOptions, DecaPipeline
+    from realtime.head import AvatarPose, HeadOffset
+    from realtime.io.images import read_image
+    from realtime.reenactment import ssim
+
+    photo = read_image(media("pyfeat_single_face.jpg"), "photo")
+    options = DecaOptions(identity=media("pyfeat_single_face.jpg"), deca_data=flame_only_folder, look="photo",
+                          size=(photo.shape[1], photo.shape[0]))
+    pipeline = DecaPipeline.create(options, gl_context)
+    try:
+        assert ssim(pipeline.render_pose(pipeline.neutral_pose()), photo) >= 0.95, "at rest, the photo"
+        lean = AvatarPose(pipeline.neutral_pose().expression, np.eye(3), True, HeadOffset(translation=np.r_[2.0, 0, 0]))
+        shift = pipeline.geometry(lean).model_matrix[:3, 3]
+        assert np.isfinite(shift).all() and np.linalg.norm(shift) > 0
+    finally:
+        pipeline.close()
+
+
 def test_networks_or_an_embedding_are_needed(deca_folder, tmp_path) -> None:
     import shutil
 
