@@ -34,7 +34,9 @@ def check(name: str, probe: Callable[[], str]) -> Check:
 def probe_assets() -> str:
     from realtime import assets
 
-    return f"{assets.face_landmarker_path()}, {assets.face_detector_path()} and {assets.ict_model_path()}"
+    paths = [assets.face_landmarker_path(), assets.face_detector_path(), assets.selfie_segmenter_path(),
+             assets.ict_model_path()]  # the photo look, the default, needs the segmenter too
+    return ", ".join(str(path) for path in paths[:-1]) + f" and {paths[-1]}"
 
 
 OFFSCREEN_CONTEXTS = {"win32": "standalone WGL", "darwin": "standalone CGL"}  # elsewhere: headless EGL

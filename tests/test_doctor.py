@@ -31,5 +31,12 @@ def test_doctor_reports_every_check_with_its_fix(assets, tmp_path) -> None:
         assert report["virtual camera"].startswith("FIX") and "modprobe v4l2loopback" in report["virtual camera"]
     missing = doctor(RETARGET_ASSETS=str(tmp_path / "none"))
     assert missing["assets"].startswith("FIX") and "realtime-retarget --fetch-assets" in missing["assets"]
+    partial = tmp_path / "partial"  # every asset but the person segmenter, which the default look needs
+    partial.mkdir()
+    for path in assets.iterdir():
+        if path.name != "selfie_segmentation.tflite":
+            (partial / path.name).symlink_to(path)
+    without_segmenter = doctor(RETARGET_ASSETS=str(partial))["assets"]
+    assert without_segmenter.startswith("FIX") and "segmentation" in without_segmenter
     deca = doctor("--deca-data", str(tmp_path))
     assert deca["DECA files"].startswith("FIX") and "generic_model.pkl" in deca["DECA files"]
