@@ -28,8 +28,9 @@ def membrane_fill(image: np.ndarray, known: np.ndarray, side: int = SOLVE_SIDE) 
     unknown = np.flatnonzero(weight.ravel() < 0.999)  # a small pixel partly in the hole is solved for
     if len(unknown) == 0:
         return image.astype(np.float32)
-    if len(unknown) == weight.size:  # nothing around the hole (the person fills the photo): its mean colour
-        return np.broadcast_to(image.reshape(-1, 3).mean(axis=0), image.shape).astype(np.float32)
+    if len(unknown) == weight.size:  # nothing around the hole (the person fills the photo): its edges' mean colour
+        edges = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float64)
+        return np.broadcast_to(edges.mean(axis=0), image.shape).astype(np.float32)
     number = -np.ones(rows * cols, np.int64)
     number[unknown] = np.arange(len(unknown))
     y, x = np.divmod(unknown, cols)

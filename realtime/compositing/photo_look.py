@@ -18,6 +18,7 @@ with the photo's own pixels where the photo saw them (so at rest it lands on the
 teeth and eyes where it did not; its edge fades into the layer (`face_attributes`).
 """
 
+import logging
 from dataclasses import dataclass
 
 import cv2
@@ -32,6 +33,8 @@ from realtime.rendering.photo_texture import pull_push_fill
 from realtime.rendering.renderer import load_program, texture_from_image
 from realtime.tracking.head_pose import CanonicalFrame
 from realtime.tracking.landmarks import FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+
+log = logging.getLogger(__name__)
 
 CHIN, FOREHEAD = 152, 10  # MediaPipe landmarks at the bottom and top of the face's midline
 NECK_FOLLOWS = 0.05  # below the chin, in face heights: down to here the neck turns with the head
@@ -135,8 +138,12 @@ def _extended(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
     margin = max(2, int(round(HALO * inter_ocular_distance(landmarks) * scale)))  # the person's fringe
     grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)
     small_photo = cv2.resize(photo, small, interpolation=cv2.INTER_AREA)
-    personless, headless = (_filled(small_photo, cv2.dilate(mask.astype(np.uint8), grow).astype(bool))
-                            for mask in (small_person > 0.5, head))
+    person_grown = cv2.dilate((small_person > 0.5).astype(np.uint8), grow).astype(bool)
+    if person_grown.all():
+        log.warning("the identity photo shows no background around the person: the frame beyond it is a plain "
+                    "colour; a photo with some background around the head and shoulders looks more natural")
+    personless = _filled(small_photo, person_grown)
+    headless = _filled(small_photo, cv2.dilate(head.astype(np.uint8), grow).astype(bool))
     framed = framing.frame(photo, outside=personless, below=headless)
     body = np.where(head, 0.0, small_person).astype(np.float32)
     person_framed = framing.frame(person, outside=np.zeros_like(body), below=body)
@@ -145,7 +152,7 @@ def _extended(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
 
 def _filled(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 ``image`` with its ``hole`` (H, W) bool filled from around it."""
-    filled = pull_push_fill(image.astype(np.float32) / 255.0, (~hole).astype(np.float32)) * 255.0
+    filled = np.where(hole[..., None], membrane_fill(image, ~hole), image)
     return np.clip(filled + 0.5, 0, 255).astype(np.uint8)
 
 
