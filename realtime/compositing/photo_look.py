@@ -252,6 +252,14 @@ def face_attributes(
     return np.c_[uv, shows_photo, opacity].astype(np.float32)
 
 
+def inside_outline(pixels: np.ndarray, outline: np.ndarray, feather: float) -> np.ndarray:
+    """(R,) in [0, 1]: how far each of ``pixels`` (R, 2) lies inside the closed ``outline`` (K, 2), reaching 1
+    ``feather`` pixels in; 0 on and outside it (and everywhere when the outline encloses nothing)."""
+    contour = np.asarray(outline, np.float32).reshape(-1, 1, 2)
+    inside = np.array([cv2.pointPolygonTest(contour, (float(px), float(py)), True) for px, py in pixels])
+    return np.clip(inside / max(feather, 1e-6), 0.0, 1.0)
+
+
 class PhotoLook:
     """The moving layer of `PhotoLayers` on a grid lifted onto the head's depth; draws with the renderer's GL state.
 

@@ -11,9 +11,11 @@ import moderngl
 import numpy as np
 
 from realtime.compositing.photo_look import (
+    SHARP_FEATHER,
     PhotoLook,
     build_photo_layers,
     face_attributes,
+    inside_outline,
     ortho_camera,
     photo_model_matrix,
     rest_depth,
@@ -32,6 +34,7 @@ from realtime.ict.landmark_map import LandmarkMap
 from realtime.ict.model import IctModel
 from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderOptions
 from realtime.tracking.head_pose import CanonicalFrame, canonical_frame
+from realtime.tracking.landmarks import INNER_LIPS
 
 SKIN_PARTS = ("face",)  # fades into the photo at its outline
 HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown instead
@@ -67,6 +70,13 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     skin = np.zeros(len(render_vertices), bool)
     skin[np.unique(model.triangles[model.part_mask(*SKIN_PARTS)])] = True
     attributes = face_attributes(pixels[:, :2], pixels[:, 2], camera_normals, depth_map, layers, skin)
+    # teeth the photo shows between parted lips are the photo's: per vertex, the depth test above fails on every
+    # tooth's back and sides, and the triangles between them darken the photo's teeth at rest
+    teeth = np.zeros(len(render_vertices), bool)
+    teeth[np.unique(model.triangles[model.part_mask("teeth")])] = True
+    opening = inside_outline(pixels[teeth, :2], layers.landmarks[list(INNER_LIPS), :2],
+                             SHARP_FEATHER * layers.inter_ocular)
+    attributes[teeth, 2] = np.maximum(attributes[teeth, 2], opening)
 
     hidden = _vertex_mask(model, model.part_mask(*HIDDEN_PARTS))
     transparent = attributes[:, 3] < DISCARD_OPACITY  # triangles of these are never drawn: not sent

@@ -5,5 +5,7 @@ FACE_OVAL = (
     10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150,
     136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
 )
+# The lips' inner edge, round the mouth's opening in order (the upper lip's from the right corner, then the lower's).
+INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
 IRIS = tuple(range(468, 478))
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # the subject's right and left eye corners
