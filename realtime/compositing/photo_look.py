@@ -46,6 +46,7 @@ EDGE_FEATHER = 0.35  # inter-ocular distances: the face's rendered edge fades in
 SHARP_FEATHER = 0.05  # and eyes and mouth, over this much
 UNSEEN_SKIN_FADE = 2.0  # skin is opaque where the photo shows at least half its own colour (see `face_attributes`)
 GRID_STEP = 0.2  # inter-ocular distances between the grid's vertices
+EXTENSION_SOLVE_SIDE = 100  # pixels: the fills beyond the photo's edges are blurred, a coarse membrane will do
 DEPTH_BLUR = 0.3  # inter-ocular distances: the grid follows the head's depth, without its sharp steps
 
 
@@ -151,8 +152,8 @@ def _extended(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
 
 
 def _filled(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 ``image`` with its ``hole`` (H, W) bool filled from around it."""
-    filled = np.where(hole[..., None], membrane_fill(image, ~hole), image)
+    """(H, W, 3) uint8 ``image`` with its ``hole`` (H, W) bool filled from around it (coarsely: it is blurred)."""
+    filled = np.where(hole[..., None], membrane_fill(image, ~hole, side=EXTENSION_SOLVE_SIDE), image)
     return np.clip(filled + 0.5, 0, 255).astype(np.uint8)
 
 
