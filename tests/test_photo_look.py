@@ -8,11 +8,11 @@ import pytest
 
 from realtime.head import AvatarPose, HeadOffset
 from realtime.reenactment import ssim
+from realtime.tracking.landmarks import INNER_LIPS
 from tests.conftest import media, neutral_weights, turn_on_the_neck
 
 SIZE = (640, 360)
 FOREHEAD, CHIN = 10, 152
-INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +253,6 @@ def test_a_smiling_photos_teeth_stay_the_photos_at_rest(assets, gl_context) -> N
     own teeth, with no dark gaps between them that the photo does not have (per-vertex visibility, which the teeth's
     back and sides fail, left 4.6% of the opening over 40 levels darker)."""
     from realtime.tracking.faces import find_identity_face
-    from realtime.tracking.landmarks import INNER_LIPS
 
     rest, framed = rest_output(gl_context, "skimage_astronaut.png", (640, 480))
     opening = np.zeros(rest.shape[:2], np.uint8)
