@@ -23,7 +23,7 @@ def canonical_face() -> tuple[np.ndarray, np.ndarray]:
     return vertices, weights
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CanonicalFrame:
     """Where MediaPipe's canonical face sits on a head model. MediaPipe's transform rotates the face about the
     canonical origin and reports that origin's position in centimetres: a head that moves as the driver's turns
