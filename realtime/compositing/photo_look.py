@@ -241,8 +241,7 @@ def face_attributes(
     in_photo = layers.framing.to_photo(frame_pixels)
     inside = np.all((in_photo >= 1) & (in_photo <= np.array(layers.photo_size) - 2), axis=1)  # not the extension
     shows_photo = visible * facing * inside
-    outline = layers.landmarks[list(FACE_OVAL), :2].astype(np.float32).reshape(-1, 1, 2)
-    inside = np.array([cv2.pointPolygonTest(outline, (float(px), float(py)), True) for px, py in frame_pixels])
+    inside = distance_inside(frame_pixels, layers.landmarks[list(FACE_OVAL), :2])
     opacity = np.clip(inside / (np.where(blended, EDGE_FEATHER, SHARP_FEATHER) * iod), 0.0, 1.0)
     # skin near the outline that the photo did not see (the side of the face, turned away or under the hair) lets
     # the moving layer show: the photo's own pixels there, lifted on the head's depth, not a flat patch of fill
@@ -253,12 +252,11 @@ def face_attributes(
     return np.c_[uv, shows_photo, opacity].astype(np.float32)
 
 
-def inside_outline(pixels: np.ndarray, outline: np.ndarray, feather: float) -> np.ndarray:
-    """(R,) in [0, 1]: how far each of ``pixels`` (R, 2) lies inside the closed ``outline`` (K, 2), reaching 1
-    ``feather`` pixels in; 0 on and outside it (and everywhere when the outline encloses nothing)."""
+def distance_inside(pixels: np.ndarray, outline: np.ndarray) -> np.ndarray:
+    """(R,) signed distance in pixels of each of ``pixels`` (R, 2) inside the closed ``outline`` (K, 2), negative
+    outside it."""
     contour = np.asarray(outline, np.float32).reshape(-1, 1, 2)
-    inside = np.array([cv2.pointPolygonTest(contour, (float(px), float(py)), True) for px, py in pixels])
-    return np.clip(inside / max(feather, 1e-6), 0.0, 1.0)
+    return np.array([cv2.pointPolygonTest(contour, (float(px), float(py)), True) for px, py in pixels])
 
 
 class PhotoLook:

@@ -20,7 +20,7 @@ from realtime.compositing.photo_look import (
     photo_model_matrix,
     rest_depth,
 )
-from realtime.deca.flame import FlameIdentity, FlameModel, HeadTemplate, batch_rodrigues, flame_vertices
+from realtime.deca.flame import FlameIdentity, HeadTemplate, batch_rodrigues
 from realtime.deca.landmark_fit import FlameLandmarks
 from realtime.head import HeadOffset
 from realtime.rendering.renderer import DISCARD_OPACITY, AvatarMesh, AvatarRenderer, RenderOptions
@@ -153,16 +153,16 @@ def with_cavity(vertices: np.ndarray, cavity: MouthCavity | None, rotation: np.n
     return np.r_[vertices, [cavity.centre(vertices, back)]].astype(np.float32)
 
 
-def head_frame(flame: FlameModel, identity: FlameIdentity, view: DecaPhotoView,
+def head_frame(rest: np.ndarray, faces: np.ndarray, identity: FlameIdentity, view: DecaPhotoView,
                landmarks: FlameLandmarks | None) -> CanonicalFrame:
-    """Where MediaPipe's canonical face sits on the photo's posed FLAME head: what the driver's head motion is relative
-    to. Without a landmark embedding: the neck joint, and FLAME's metres for MediaPipe's centimetres."""
+    """Where MediaPipe's canonical face sits on the photo's posed FLAME head ``rest`` (5023, 3; ``faces`` its
+    triangles): what the driver's head motion is relative to. Without a landmark embedding: the neck joint, and
+    FLAME's metres for MediaPipe's centimetres."""
     if landmarks is None:
         rotation = batch_rodrigues(view.pose[None, :3].astype(np.float64))[0]
         neck = rotation @ (identity.joints[1] - identity.joints[0]) + identity.joints[0]
         return CanonicalFrame(neck.astype(np.float32), 0.01)
-    rest = flame_vertices(flame, identity, view.exp, view.pose)
-    return canonical_frame(landmarks.points(rest, flame.faces), landmarks.mediapipe)
+    return canonical_frame(landmarks.points(rest, faces), landmarks.mediapipe)
 
 
 def photo_codes(view: DecaPhotoView, exp: np.ndarray, jaw: np.ndarray, eyes: np.ndarray) -> tuple[np.ndarray,

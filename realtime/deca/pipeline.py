@@ -283,6 +283,7 @@ class DecaPipeline:
             self.renderer, self._cavity = photo_look_renderer(
                 ctx, template, model.flame.faces, identity.albedo, view, rest, self._normals(rest),
                 read_image(options.identity, "identity photo"), render)
+            self._frame = head_frame(rest, model.flame.faces, identity.flame, view, model.landmarks)
         else:
             self.renderer = AvatarRenderer(ctx, mesh, identity.albedo, render)
         self.renderer.set_sh_light(identity.light)
@@ -295,8 +296,6 @@ class DecaPipeline:
                                             model.fixed_displacement)
             self.renderer.set_normal_map(self._detail.texture)
         self._pivot = identity.flame.joints[1]  # the neck joint
-        if self.photo_look:
-            self._frame = head_frame(model.flame, identity.flame, identity.photo_view, model.landmarks)
         self._pose = self.neutral_pose()
         self._rest = np.zeros(N_EXP + N_JAW + N_EYES, np.float32)
         self._filter = None

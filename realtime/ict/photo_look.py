@@ -14,8 +14,8 @@ from realtime.compositing.photo_look import (
     SHARP_FEATHER,
     PhotoLook,
     build_photo_layers,
+    distance_inside,
     face_attributes,
-    inside_outline,
     ortho_camera,
     photo_model_matrix,
     rest_depth,
@@ -68,14 +68,13 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     camera_normals = normals[render_vertices] @ view.rotation.T
     camera_normals /= np.maximum(np.linalg.norm(camera_normals, axis=1, keepdims=True), 1e-9)
     skin = np.zeros(len(render_vertices), bool)
-    skin[np.unique(model.triangles[model.part_mask(*SKIN_PARTS)])] = True
+    skin[_part_vertices(model, *SKIN_PARTS)] = True
     attributes = face_attributes(pixels[:, :2], pixels[:, 2], camera_normals, depth_map, layers, skin)
     # teeth the photo shows between parted lips are the photo's: per vertex, the depth test above fails on every
     # tooth's back and sides, and the triangles between them darken the photo's teeth at rest
-    teeth = np.zeros(len(render_vertices), bool)
-    teeth[np.unique(model.triangles[model.part_mask("teeth")])] = True
-    opening = inside_outline(pixels[teeth, :2], layers.landmarks[list(INNER_LIPS), :2],
-                             SHARP_FEATHER * layers.inter_ocular)
+    teeth = _part_vertices(model, "teeth")
+    opening = distance_inside(pixels[teeth, :2], layers.landmarks[list(INNER_LIPS), :2])
+    opening = np.clip(opening / (SHARP_FEATHER * layers.inter_ocular), 0.0, 1.0)
     attributes[teeth, 2] = np.maximum(attributes[teeth, 2], opening)
 
     hidden = _vertex_mask(model, model.part_mask(*HIDDEN_PARTS))
@@ -83,7 +82,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     kept = ~(hidden[triangles].all(axis=1) | transparent[triangles].all(axis=1))
     kept &= shown_triangles(model, triangles, hidden_triangles())  # (the rest depth above is the whole head's)
     for part, shade in MOUTH_SHADOW.items():
-        mesh.material[np.unique(model.triangles[model.part_mask(part)]), :3] *= shade
+        mesh.material[_part_vertices(model, part), :3] *= shade
     shade_teeth_by_depth(model, mesh.material)
     drawn = triangles[kept]
     mesh = dataclasses.replace(mesh, triangles=drawn, photo=attributes,
@@ -96,10 +95,15 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
 
 def shade_teeth_by_depth(model: IctModel, material: np.ndarray) -> None:
     """Darken the teeth's (R, 4) render-vertex ``material`` with their depth behind the front teeth (in place)."""
-    teeth = np.unique(model.triangles[model.part_mask("teeth")])
+    teeth = _part_vertices(model, "teeth")
     depth = model.neutral[model.render_vertex[teeth], 2]
     behind = (depth.max() - depth) / TEETH_DEPTH_CM
     material[teeth, :3] *= np.clip(1.0 - (1.0 - BACK_TEETH_SHADE) * behind, BACK_TEETH_SHADE, 1.0)[:, None]
+
+
+def _part_vertices(model: IctModel, *parts: str) -> np.ndarray:
+    """Render vertices of the named parts' triangles."""
+    return np.unique(model.triangles[model.part_mask(*parts)])
 
 
 def _vertex_mask(model: IctModel, triangle_mask: np.ndarray) -> np.ndarray:
