@@ -24,11 +24,12 @@ above), in both looks. A missed target is logged as a warning; the run never fai
      (VIDEO mode, increasing timestamps) tracks them all; the first WARMUP frames are left out: frames per second,
      milliseconds per frame and the cores used (process CPU seconds over wall seconds);
    - whole pipeline, per look: `realtime.loops.offline.render_clip` on the driver clip, as one `run.py --source
-     clip.mp4` run does, with a fresh pipeline (its creation not timed): frames per second over the call, cores used.
+     clip.mp4` run does, with a fresh pipeline (its creation not timed): frames per second over the call, cores used,
+     and its CPU per frame by thread (Linux): drawing, rasterising, MediaPipe, tracking, posing, decoding, encoding.
    The ratio whole / tracker alone is compared with its target.
 4. Report: the summary table (size, look, tracker alone, whole pipeline, ratio, target, met), then per look and size
-   the stage table and the encoder line, and the other processes' load during each measurement (near 0 for figures
-   worth quoting). --json writes every figure.
+   the stage table, the encoder line and the whole pipeline's CPU by thread, and the other processes' load during
+   each measurement (near 0 for figures worth quoting). --json writes every figure.
 
     python tools/bench.py [--identity PHOTO] [--clip CLIP] [--size WxH ...] [--look photo|head ...] [--frames 300]
                           [--repeat 3] [--json OUT]
@@ -47,6 +48,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -305,6 +307,86 @@ class LoadMeter:
         return {"own_cores": own, "other_cores": max((machine - self._machine) / wall - own, 0.0)}
 
 
+# Where a whole-pipeline run's CPU goes, by thread: a thread's Python name, else the name its library gave it (Linux
+# /proc comm), matched by prefix. Each thread is counted once, whichever stage it serves; the stage table above times
+# each call alone, with every thread's CPU during it.
+THREAD_ROLES = (
+    ("MainThread", "draw"),  # GL calls: llvmpipe shades vertices and sets up triangles on the calling thread
+    ("llvmpipe-", "rasterise"),  # llvmpipe's rasteriser threads
+    ("drishti", "MediaPipe"),  # MediaPipe's graph (the landmark and blendshape models)
+    ("track", "track"),  # the tracker's Python side: image in, results out
+    ("pose", "pose"),  # retargeting and the mesh's geometry
+    ("decode:", "decode"),
+    ("av:", "FFmpeg threads"),  # the decoder's frame threads
+    ("encode:", "encode"),  # PyAV and libx264, on the clip writer's thread
+)
+ENDED = "ended unseen"  # CPU of threads that ended without telling: the process's CPU time less every thread seen
+
+
+def thread_cpu_seconds() -> dict[int, tuple[str, float]] | None:
+    """Each live thread of this process: (name, CPU seconds so far), by native id; None without Linux /proc."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    python_names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    threads = {}
+    for tid in tids:
+        try:
+            comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        threads[int(tid)] = (python_names.get(int(tid), comm), (int(fields[11]) + int(fields[12])) / tick)
+    return threads
+
+
+def thread_role(name: str) -> str:
+    return next((role for prefix, role in THREAD_ROLES if name.startswith(prefix)), "other")
+
+
+class ThreadMeter:
+    """CPU seconds each role's threads (`THREAD_ROLES`) used between ``start()`` and ``stop()``; None where
+    threads cannot be read (no Linux /proc).
+
+    Threads alive at ``stop()`` are read from /proc; Python threads that end before it note their own CPU time as
+    they end (``threading.Thread.run`` is wrapped meanwhile: sampling them instead would need the GIL, which the
+    pipeline's threads hold, and would miss their last part). What neither accounts for (native threads that ended,
+    such as the decoder's) is `ENDED`.
+    """
+
+    def start(self) -> None:
+        self._first = thread_cpu_seconds()
+        self._ended: dict[int, tuple[str, float]] = {}
+        self._run = threading.Thread.run
+        self._cpu = time.process_time()
+        ended, run = self._ended, self._run
+
+        def noting_its_cpu(thread: threading.Thread) -> None:
+            try:
+                run(thread)
+            finally:
+                ended[threading.get_native_id()] = (thread.name, time.thread_time())
+
+        if self._first is not None:
+            threading.Thread.run = noting_its_cpu
+
+    def stop(self) -> dict[str, float] | None:
+        cpu = time.process_time() - self._cpu
+        if self._first is None:
+            return None
+        threading.Thread.run = self._run
+        # a thread that ended may linger in /proc under its library name for a moment: its own note comes first
+        threads = {**(thread_cpu_seconds() or {}), **self._ended}
+        roles: dict[str, float] = {}
+        for tid, (name, seconds) in threads.items():
+            used = seconds - self._first.get(tid, (name, 0.0))[1]
+            roles[thread_role(name)] = roles.get(thread_role(name), 0.0) + used
+        roles[ENDED] = max(cpu - sum(roles.values()), 0.0)
+        return roles
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. Stages, one at a time, and the encoder alone
 
@@ -404,23 +486,39 @@ def time_whole(identity: Path, size: tuple[int, int], look: str, ctx: Any, clip:
     """``render_clip`` on ``clip`` once, with a fresh pipeline (fresh tracker and filters) whose creation is not
     timed."""
     pipeline = create_pipeline(identity, size, look, ctx)
-    load = LoadMeter()
+    load, threads = LoadMeter(), ThreadMeter()
     try:
         load.start()
+        threads.start()
+        cpu = time.process_time()
         start = time.perf_counter()
         result = render_clip(pipeline, clip, out, overwrite=True, progress=False)
         seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        roles = threads.stop()  # before close(): MediaPipe's threads end with the tracker
         cores = load.stop()  # the clip writer's thread has been joined: its CPU time is counted
     finally:
         pipeline.close()
     log.info("whole pipeline, %s %s: %d frames in %.2f s, %.1f frames/s, %.2f cores busy", look, size_name(size),
              result.frames, seconds, result.frames / seconds, cores["own_cores"])
+    per_frame = None if roles is None else {role: used * 1000 / result.frames for role, used in roles.items()}
     return {"frames": result.frames, "frames_with_face": result.frames_with_face, "seconds": seconds,
-            "fps": result.frames / seconds, **cores}
+            "fps": result.frames / seconds, "cpu_ms_per_frame": cpu * 1000 / result.frames,
+            "thread_cpu_ms_per_frame": per_frame, **cores}
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float:
     return float(np.median([run[key] for run in runs]))
+
+
+def median_thread_cpu(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Per thread role, the median over ``runs`` of its CPU milliseconds per frame, largest first."""
+    if any(run["thread_cpu_ms_per_frame"] is None for run in runs):
+        return None
+    roles = {role for run in runs for role in run["thread_cpu_ms_per_frame"]}
+    medians = {role: float(np.median([run["thread_cpu_ms_per_frame"].get(role, 0.0) for run in runs]))
+               for role in roles}
+    return dict(sorted(medians.items(), key=lambda item: -item[1]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -463,7 +561,9 @@ def bench_size(args: argparse.Namespace, ctx: Any, size: tuple[int, int], folder
                "ms_per_frame"), "cores_median": median_of(tracker_runs, "own_cores"), "runs": tracker_runs}
     target = ratio_target(size)
     for look, runs in whole_runs.items():
-        whole = {"fps_median": median_of(runs, "fps"), "cores_median": median_of(runs, "own_cores"), "runs": runs}
+        whole = {"fps_median": median_of(runs, "fps"), "cores_median": median_of(runs, "own_cores"),
+                 "cpu_ms_per_frame_median": median_of(runs, "cpu_ms_per_frame"),
+                 "thread_cpu_ms_per_frame_median": median_thread_cpu(runs), "runs": runs}
         ratio = whole["fps_median"] / tracker["fps_median"]
         looks[look].update(whole=whole, ratio=ratio, target=target, met=ratio >= target,
                            whole_over_sequential=whole["fps_median"] / looks[look]["sequential_estimate"]["fps"])
@@ -553,6 +653,10 @@ def format_look(name: str, look: str, result: dict[str, Any]) -> list[str]:
         + ", ".join(f"{r['fps']:.1f}" for r in whole["runs"])
         + f"), {whole['cores_median']:.2f} cores; {figures['whole_over_sequential']:.2f}x the sequential estimate",
     ]
+    roles = whole["thread_cpu_ms_per_frame_median"]
+    if roles is not None:
+        lines.append(f"whole pipeline's CPU per frame by thread: {whole['cpu_ms_per_frame_median']:.2f} ms = "
+                     + ", ".join(f"{role} {ms:.2f}" for role, ms in roles.items()))
     return lines
 
 
