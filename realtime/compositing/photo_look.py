@@ -234,9 +234,14 @@ def face_attributes(
     """
     width, height = layers.framing.size
     iod = layers.inter_ocular
-    x = np.clip(np.round(frame_pixels[:, 0]).astype(int), 0, width - 1)
-    y = np.clip(np.round(frame_pixels[:, 1]).astype(int), 0, height - 1)
-    visible = depth <= depth_map[y, x] + 0.02 * iod
+    x = np.clip(np.floor(frame_pixels[:, 0]).astype(int), 0, width - 1)
+    y = np.clip(np.floor(frame_pixels[:, 1]).astype(int), 0, height - 1)
+    # the depth map holds the front surface at pixel centres, a vertex lies anywhere in its pixel: on a sloping
+    # surface (a cheek, the nose's side) the centre's depth misses it by up to the slope over a pixel, which on a
+    # small face is more than any fixed tolerance. A vertex is visible if it is the front surface anywhere within
+    # a pixel of it: the skin the photo saw takes its pixels, not the softer texture baked from them.
+    nearby = cv2.dilate(depth_map, np.ones((3, 3), np.uint8))  # the farthest front surface around each pixel
+    visible = depth <= nearby[y, x] + 0.02 * iod
     facing = np.clip((camera_normals[:, 2] - 0.1) / 0.25, 0.0, 1.0)
     in_photo = layers.framing.to_photo(frame_pixels)
     inside = np.all((in_photo >= 1) & (in_photo <= np.array(layers.photo_size) - 2), axis=1)  # not the extension
