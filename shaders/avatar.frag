@@ -25,7 +25,12 @@ in vec2 v_uv;
 in vec4 v_material;
 in vec4 v_photo;
 
-out vec4 frag_color;
+layout(location = 0, index = 0) out vec4 frag_color;
+#if LIGHTING == 3
+// the photo look blends by this output's alpha (dual-source blending), so that frag_color's alpha can say how much
+// of the model's own colour shows: anti-aliasing smooths only there
+layout(location = 0, index = 1) out vec4 frag_opacity;
+#endif
 
 const int lighting = LIGHTING;  // defined by the renderer, one program per look
 const bool normal_mapped = NORMAL_MAP == 1;  // and with or without a normal map
@@ -66,7 +71,10 @@ void main() {
             float smooth_shade = ambient + (1.0 - ambient) * max(dot(smooth_n, light_dir), 0.0);
             shown *= detailed / max(smooth_shade, 0.05);
         }
-        frag_color = vec4(clamp(shown, 0.0, 1.0), v_photo.w);
+        frag_color = vec4(clamp(shown, 0.0, 1.0), 1.0 - clamp(v_photo.z, 0.0, 1.0));
+#if LIGHTING == 3
+        frag_opacity = vec4(v_photo.w);
+#endif
         return;
     }
     if (lighting == 1) {

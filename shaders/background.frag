@@ -6,5 +6,6 @@ out vec4 frag_color;
 
 void main() {
     ivec2 pixel = ivec2(gl_FragCoord.xy);
-    frag_color = vec4(texelFetch(image, ivec2(pixel.x, textureSize(image, 0).y - 1 - pixel.y), 0).rgb, 1.0);
+    // alpha 0: none of the model's own colours here (what the photo look's anti-aliasing looks for)
+    frag_color = vec4(texelFetch(image, ivec2(pixel.x, textureSize(image, 0).y - 1 - pixel.y), 0).rgb, 0.0);
 }

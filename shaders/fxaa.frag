@@ -22,17 +22,24 @@ void main() {
     // the 3x3 neighbourhood's corners, unfiltered (texelFetch is much cheaper than filtered reads in software)
     ivec2 p = ivec2(gl_FragCoord.xy);
     ivec2 last = textureSize(image, 0) - 1;
-    vec3 center = texelFetch(image, p, 0).rgb;
-    float nw = luma(texelFetch(image, clamp(p + ivec2(-1, -1), ivec2(0), last), 0).rgb);
-    float ne = luma(texelFetch(image, clamp(p + ivec2(1, -1), ivec2(0), last), 0).rgb);
-    float sw = luma(texelFetch(image, clamp(p + ivec2(-1, 1), ivec2(0), last), 0).rgb);
-    float se = luma(texelFetch(image, clamp(p + ivec2(1, 1), ivec2(0), last), 0).rgb);
-    float m = luma(center);
+    vec4 center = texelFetch(image, p, 0);
+    vec4 nw4 = texelFetch(image, clamp(p + ivec2(-1, -1), ivec2(0), last), 0);
+    vec4 ne4 = texelFetch(image, clamp(p + ivec2(1, -1), ivec2(0), last), 0);
+    vec4 sw4 = texelFetch(image, clamp(p + ivec2(-1, 1), ivec2(0), last), 0);
+    vec4 se4 = texelFetch(image, clamp(p + ivec2(1, 1), ivec2(0), last), 0);
+    float nw = luma(nw4.rgb), ne = luma(ne4.rgb), sw = luma(sw4.rgb), se = luma(se4.rgb);
+    float m = luma(center.rgb);
     float lo = min(m, min(min(nw, ne), min(sw, se)));
     float hi = max(m, max(max(nw, ne), max(sw, se)));
 #if MARK_EDGES
-    frag_color = vec4(center, 1.0);
-    gl_FragDepth = hi - lo < EDGE_MIN ? 0.0 : 1.0;
+    frag_color = vec4(center.rgb, 1.0);
+    bool edge = hi - lo >= EDGE_MIN;
+#if MODEL_EDGES_ONLY
+    // the photo look: alpha is how much a pixel shows the model's own colours (teeth, eyes, mouth); the photo's own
+    // pixels came anti-aliased from its camera, and smoothing their detail softens a small face
+    edge = edge && max(center.a, max(max(nw4.a, ne4.a), max(sw4.a, se4.a))) > MODEL_SHOWN;
+#endif
+    gl_FragDepth = edge ? 1.0 : 0.0;
 #else
     vec2 direction = vec2(-((nw + ne) - (sw + se)), (nw + sw) - (ne + se));
     float reduce = max((nw + ne + sw + se) * 0.25 * REDUCE_MUL, REDUCE_MIN);

@@ -22,6 +22,8 @@ GL_PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libgl1"
 ANTIALIAS_MODES = ("fxaa", "msaa", "none")
 LIGHTING_MODES = ("soft", "sh", "shape", "photo")
 DISCARD_OPACITY = 0.004  # the photo look draws no fragment less opaque than this (under 1/255)
+MODEL_SHOWN = 0.5  # the photo look anti-aliases pixels next to one showing more of the model's own colour than this
+GL_SRC1_ALPHA, GL_ONE_MINUS_SRC1_ALPHA = 0x8589, 0x88FB  # dual-source blend factors (OpenGL 3.3 core)
 OFFSCREEN = "offscreen"  # create_context's default: the platform's own off-screen context, see offscreen_backend
 
 
@@ -227,7 +229,9 @@ class AvatarRenderer:
             self._resources.append(self._draw_target)
         self._fxaa: tuple[moderngl.VertexArray, moderngl.VertexArray] | None = None  # edges marked, then smoothed
         if options.antialias == "fxaa":
-            mark, smooth = (load_program(ctx, "fxaa", {"MARK_EDGES": flag}) for flag in (1, 0))
+            model_edges_only = int(options.lighting == "photo")
+            mark, smooth = (load_program(ctx, "fxaa", {"MARK_EDGES": flag, "MODEL_EDGES_ONLY": model_edges_only,
+                                                       "MODEL_SHOWN": MODEL_SHOWN}) for flag in (1, 0))
             smooth["texel"].value = (1.0 / width, 1.0 / height)
             self._fxaa = tuple(ctx.vertex_array(program, [(quad, "2f", "in_position")]) for program in (mark, smooth))
             self._resources += [*self._fxaa, mark, smooth]
@@ -344,19 +348,27 @@ class AvatarRenderer:
             self._background_vao.render(moderngl.TRIANGLE_STRIP)
             self.ctx.depth_func = "<"
             self.ctx.disable(moderngl.DEPTH_TEST)
-        if self._underlay is not None:
+        if self._underlay is not None:  # the photo's own colours: alpha (the model's colours shown) stays 0
+            self._color_mask((True, True, True, False))
             self._underlay.draw(model, moving=avatar)
+            self._color_mask((True, True, True, True))
         if avatar:
             self.ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
             self.albedo.use(0)
             if self._normal_map is not None:
                 self._normal_map.use(1)
-            if self._photo is not None:
+            if self._photo is not None:  # blended by the shader's second output (see avatar.frag)
                 self._photo.use(3)
                 self.ctx.enable(moderngl.BLEND)
+                self.ctx.blend_func = (GL_SRC1_ALPHA, GL_ONE_MINUS_SRC1_ALPHA, GL_SRC1_ALPHA, GL_ONE_MINUS_SRC1_ALPHA)
             self.vao.render(moderngl.TRIANGLES)
+            self.ctx.blend_func = moderngl.DEFAULT_BLENDING
             self.ctx.disable(moderngl.BLEND)
         self.ctx.scissor = None
+
+    def _color_mask(self, mask: tuple[bool, bool, bool, bool]) -> None:
+        self._draw_target.color_mask = mask
+        self._draw_target.use()  # moderngl applies a framebuffer's colour mask when it is bound
 
     def _antialias(self, box: Box) -> None:
         """FXAA from the scene into the output within ``box``: every pixel copied and its edges marked, then only the
