@@ -318,6 +318,32 @@ def test_anti_aliasing_smooths_the_models_edges_not_the_photos_pixels(assets, gl
     assert smoothed[~mouth].sum() < 10, f"{smoothed[~mouth].sum()} pixels smoothed away from the mouth"
 
 
+def test_a_broad_smile_shows_gums_not_black_between_the_upper_teeth(assets, gl_context, image_tracker) -> None:
+    """A smile with the upper lip raised uncovers the gums above and between the upper teeth: they take the photo's
+    lip colour, a shade darker; the model's dark gum red was a row of black dots there (6.1% of the opening)."""
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.rendering.renderer import RenderOptions
+
+    options = PipelineOptions(identity=media("pyfeat_15-f13-anc-ph.jpg"), look="photo", use_cache=False,
+                              render=RenderOptions(size=(640, 480)))
+    pipeline = RetargetPipeline.create(options, gl_context)
+    try:
+        names = pipeline.model.expression_names
+        smile = np.zeros(len(names), np.float32)
+        for shape, weight in (("mouthSmile_L", 0.8), ("mouthSmile_R", 0.8), ("mouthUpperUp_L", 0.4),
+                              ("mouthUpperUp_R", 0.4)):
+            smile[names.index(shape)] = weight
+        smiling = posed(pipeline, smile)
+    finally:
+        pipeline.close()
+    face = image_tracker.track(smiling)
+    opening = np.zeros(smiling.shape[:2], np.uint8)
+    cv2.fillPoly(opening, [np.round(face.landmarks[list(INNER_LIPS), :2]).astype(np.int32)], 1)
+    luma = smiling.astype(float) @ np.array([0.299, 0.587, 0.114])
+    black = (luma[opening.astype(bool)] < 50).mean()
+    assert opening.sum() > 300 and black < 0.03, f"{black:.1%} of the smile's opening is black"
+
+
 def test_a_badly_fitted_head_leaves_the_photo_as_it_is_at_rest(assets, gl_context) -> None:
     """A face turned 45 degrees: the head's far eye and mouth do not float beside the face; at rest, the photo."""
     rest, framed = rest_output(gl_context, "pyfeat_45-m7-di-ph.jpg", (640, 480))

@@ -7,6 +7,7 @@ ears and neck are the moving layer of `realtime.compositing.photo_look`.
 
 import dataclasses
 
+import cv2
 import moderngl
 import numpy as np
 
@@ -23,6 +24,7 @@ from realtime.compositing.photo_look import (
 from realtime.head import AvatarPose
 from realtime.ict.avatar import (
     KEPT_WHOLE,
+    PART_COLORS,
     SIMPLIFIED_PARTS,
     Avatar,
     build_avatar_mesh,
@@ -34,7 +36,7 @@ from realtime.ict.landmark_map import LandmarkMap
 from realtime.ict.model import IctModel
 from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderOptions
 from realtime.tracking.head_pose import CanonicalFrame, canonical_frame
-from realtime.tracking.landmarks import INNER_LIPS
+from realtime.tracking.landmarks import INNER_LIPS, OUTER_LIPS
 
 SKIN_PARTS = ("face",)  # fades into the photo at its outline
 HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown instead
@@ -49,6 +51,7 @@ KEPT_WHOLE_HERE = {"face": {**KEPT_WHOLE["face"], "mouthRollLower": 0.2, "mouthR
 # teeth, the far row of lower teeth in a turned, open mouth is a bright lump across it.
 MOUTH_SHADOW = {"mouth_socket": 0.5, "gums_tongue": 0.9, "teeth": 0.9}
 TEETH_DEPTH_CM, BACK_TEETH_SHADE = 2.5, 0.4  # this much light this far behind the front teeth, and further back
+GUM_SHADE = 0.8  # gums against the photo's lips: inside the mouth, a little darker
 
 
 def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identity, avatar: Avatar,
@@ -72,7 +75,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     attributes = face_attributes(pixels[:, :2], pixels[:, 2], camera_normals, depth_map, layers, skin)
     # teeth the photo shows between parted lips are the photo's: per vertex, the depth test above fails on every
     # tooth's back and sides, and the triangles between them darken the photo's teeth at rest
-    teeth = _part_vertices(model, "teeth")
+    teeth = np.r_[_part_vertices(model, "teeth"), _upper_gums(model)]
     opening = distance_inside(pixels[teeth, :2], layers.landmarks[list(INNER_LIPS), :2])
     opening = np.clip(opening / (SHARP_FEATHER * layers.inter_ocular), 0.0, 1.0)
     attributes[teeth, 2] = np.maximum(attributes[teeth, 2], opening)
@@ -81,6 +84,9 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     transparent = attributes[:, 3] < DISCARD_OPACITY  # triangles of these are never drawn: not sent
     kept = ~(hidden[triangles].all(axis=1) | transparent[triangles].all(axis=1))
     kept &= shown_triangles(model, triangles, hidden_triangles())  # (the rest depth above is the whole head's)
+    # gums seen between the teeth and above them in a broad smile: the photo's own lip colour, a shade darker (the
+    # model's dark gum red showed as a row of black dots between the upper teeth)
+    mesh.material[_upper_gums(model), :3] = GUM_SHADE * lip_color(layers.photo, layers.landmarks)
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[_part_vertices(model, part), :3] *= shade
     shade_teeth_by_depth(model, mesh.material)
@@ -91,6 +97,18 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     return AvatarRenderer(ctx, mesh, identity.albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
                           camera=camera, photo=layers.photo, underlay=look)
+
+
+def lip_color(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """(3,) RGB in [0, 1]: the median colour of the lips in ``photo`` (H, W, 3 uint8), between the (478, 2+)
+    ``landmarks``' outer and inner lip outlines."""
+    mask = np.zeros(photo.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(landmarks[list(OUTER_LIPS), :2]).astype(np.int32)], 1)
+    cv2.fillPoly(mask, [np.round(landmarks[list(INNER_LIPS), :2]).astype(np.int32)], 0)
+    pixels = photo[mask.astype(bool)]
+    if len(pixels) == 0:
+        return np.array(PART_COLORS["gums_tongue"], np.float32)
+    return (np.median(pixels, axis=0) / 255).astype(np.float32)
 
 
 def shade_teeth_by_depth(model: IctModel, material: np.ndarray) -> None:
@@ -104,6 +122,13 @@ def shade_teeth_by_depth(model: IctModel, material: np.ndarray) -> None:
 def _part_vertices(model: IctModel, *parts: str) -> np.ndarray:
     """Render vertices of the named parts' triangles."""
     return np.unique(model.triangles[model.part_mask(*parts)])
+
+
+def _upper_gums(model: IctModel) -> np.ndarray:
+    """Render vertices of the gums that stay with the skull when the jaw opens (not the tongue, nor the lower gums)."""
+    gums = _part_vertices(model, "gums_tongue")
+    jaw = model.expression_basis[model.expression_index("jawOpen")][model.render_vertex[gums]]
+    return gums[np.linalg.norm(jaw, axis=1) < 0.05]
 
 
 def _vertex_mask(model: IctModel, triangle_mask: np.ndarray) -> np.ndarray:

@@ -7,5 +7,7 @@ FACE_OVAL = (
 )
 # The lips' inner edge, round the mouth's opening in order (the upper lip's from the right corner, then the lower's).
 INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+# The lips' outer edge, in order from the right corner along the upper lip, then back along the lower.
+OUTER_LIPS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
 IRIS = tuple(range(468, 478))
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # the subject's right and left eye corners
