@@ -344,6 +344,25 @@ def test_a_broad_smile_shows_gums_not_black_between_the_upper_teeth(assets, gl_c
     assert opening.sum() > 300 and black < 0.03, f"{black:.1%} of the smile's opening is black"
 
 
+@pytest.mark.parametrize("photo, shows_teeth", [("skimage_astronaut.png", True), ("pyfeat_single_face.jpg", True),
+                                                ("pyfeat_0-f1-su-ph.jpg", False), ("pyfeat_15-f13-anc-ph.jpg", False)])
+def test_the_photos_own_teeth_colour_the_models(assets, photo, shows_teeth) -> None:
+    """Teeth that the photo shows between parted lips give the model's teeth their colour (its white balance, its
+    shade), so that a wider smile or an open jaw adds teeth like the photo's; an open mouth showing only the tongue,
+    and a closed one, give none (the model's own ivory stays)."""
+    from realtime.ict.photo_look import lip_color, photo_teeth_color
+    from realtime.io.images import read_image
+    from realtime.tracking.faces import find_identity_face
+
+    image = read_image(media(photo), "photo")
+    landmarks = find_identity_face(image, "photo").landmarks
+    lips = lip_color(image, landmarks)
+    teeth = photo_teeth_color(image, landmarks, lips)
+    assert (teeth is not None) == shows_teeth, teeth
+    if shows_teeth:
+        assert teeth.min() > 0.5 and teeth.mean() > lips.mean() + 0.1, (teeth, lips)  # light, lighter than the lips
+
+
 def test_a_badly_fitted_head_leaves_the_photo_as_it_is_at_rest(assets, gl_context) -> None:
     """A face turned 45 degrees: the head's far eye and mouth do not float beside the face; at rest, the photo."""
     rest, framed = rest_output(gl_context, "pyfeat_45-m7-di-ph.jpg", (640, 480))

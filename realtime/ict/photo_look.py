@@ -52,6 +52,10 @@ KEPT_WHOLE_HERE = {"face": {**KEPT_WHOLE["face"], "mouthRollLower": 0.2, "mouthR
 MOUTH_SHADOW = {"mouth_socket": 0.5, "gums_tongue": 0.9, "teeth": 0.9}
 TEETH_DEPTH_CM, BACK_TEETH_SHADE = 2.5, 0.4  # this much light this far behind the front teeth, and further back
 GUM_SHADE = 0.8  # gums against the photo's lips: inside the mouth, a little darker
+# The photo's own teeth: seen in at least this many pixels, this much brighter than its lips (luma in [0, 1]); a front
+# tooth shows this much of its material colour (its mouth shadow, 0.9, times its shading facing the camera, 0.95)
+TEETH_MIN_PIXELS, TEETH_OVER_LIPS, FRONT_TEETH_SHOWN = 30, 0.15, 0.86
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identity, avatar: Avatar,
@@ -86,7 +90,13 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     kept &= shown_triangles(model, triangles, hidden_triangles())  # (the rest depth above is the whole head's)
     # gums seen between the teeth and above them in a broad smile: the photo's own lip colour, a shade darker (the
     # model's dark gum red showed as a row of black dots between the upper teeth)
-    mesh.material[_upper_gums(model), :3] = GUM_SHADE * lip_color(layers.photo, layers.landmarks)
+    lips = lip_color(layers.photo, layers.landmarks)
+    mesh.material[_upper_gums(model), :3] = GUM_SHADE * lips
+    # teeth the photo does not show (a smile wider than the photo's, an open jaw) look like those it shows: the
+    # model's ivory, shaded, looked grey beside the photo's own teeth and took none of its white balance
+    shown = photo_teeth_color(layers.photo, layers.landmarks, lips)
+    if shown is not None:
+        mesh.material[_part_vertices(model, "teeth"), :3] = np.clip(shown / FRONT_TEETH_SHOWN, 0.0, 1.0)
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[_part_vertices(model, part), :3] *= shade
     shade_teeth_by_depth(model, mesh.material)
@@ -109,6 +119,20 @@ def lip_color(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     if len(pixels) == 0:
         return np.array(PART_COLORS["gums_tongue"], np.float32)
     return (np.median(pixels, axis=0) / 255).astype(np.float32)
+
+
+def photo_teeth_color(photo: np.ndarray, landmarks: np.ndarray, lips: np.ndarray) -> np.ndarray | None:
+    """(3,) RGB in [0, 1] of the teeth ``photo`` shows between its parted lips (the brightest part of the opening
+    between the (478, 2+) ``landmarks``' inner lip outline), or None if it shows none: a closed mouth, or an opening no
+    brighter than the ``lips`` (its tongue or its dark inside)."""
+    mask = np.zeros(photo.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(landmarks[list(INNER_LIPS), :2]).astype(np.int32)], 1)
+    pixels = photo[mask.astype(bool)].astype(np.float32) / 255
+    if len(pixels) < TEETH_MIN_PIXELS:
+        return None
+    luma = pixels @ LUMA
+    brightest = pixels[luma >= np.percentile(luma, 70)].mean(axis=0)
+    return brightest if float(brightest @ LUMA) >= float(lips @ LUMA) + TEETH_OVER_LIPS else None
 
 
 def shade_teeth_by_depth(model: IctModel, material: np.ndarray) -> None:
