@@ -314,6 +314,7 @@ THREAD_ROLES = (
     ("MainThread", "draw"),  # GL calls: llvmpipe shades vertices and sets up triangles on the calling thread
     ("llvmpipe-", "rasterise"),  # llvmpipe's rasteriser threads
     ("drishti", "MediaPipe"),  # MediaPipe's graph (the landmark and blendshape models)
+    ("ThreadPoolExecutor", "MediaPipe"),  # the one thread MediaPipe's Python API calls its C library on
     ("track", "track"),  # the tracker's Python side: image in, results out
     ("pose", "pose"),  # retargeting and the mesh's geometry
     ("decode:", "decode"),
