@@ -491,11 +491,9 @@ def time_whole(identity: Path, size: tuple[int, int], look: str, ctx: Any, clip:
     try:
         load.start()
         threads.start()
-        cpu = time.process_time()
         start = time.perf_counter()
         result = render_clip(pipeline, clip, out, overwrite=True, progress=False)
         seconds = time.perf_counter() - start
-        cpu = time.process_time() - cpu
         roles = threads.stop()  # before close(): MediaPipe's threads end with the tracker
         cores = load.stop()  # the clip writer's thread has been joined: its CPU time is counted
     finally:
@@ -504,7 +502,7 @@ def time_whole(identity: Path, size: tuple[int, int], look: str, ctx: Any, clip:
              result.frames, seconds, result.frames / seconds, cores["own_cores"])
     per_frame = None if roles is None else {role: used * 1000 / result.frames for role, used in roles.items()}
     return {"frames": result.frames, "frames_with_face": result.frames_with_face, "seconds": seconds,
-            "fps": result.frames / seconds, "cpu_ms_per_frame": cpu * 1000 / result.frames,
+            "fps": result.frames / seconds, "cpu_ms_per_frame": cores["own_cores"] * seconds * 1000 / result.frames,
             "thread_cpu_ms_per_frame": per_frame, **cores}
 
 

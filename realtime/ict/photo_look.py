@@ -79,10 +79,11 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     attributes = face_attributes(pixels[:, :2], pixels[:, 2], camera_normals, depth_map, layers, skin)
     # teeth the photo shows between parted lips are the photo's: per vertex, the depth test above fails on every
     # tooth's back and sides, and the triangles between them darken the photo's teeth at rest
-    teeth = np.r_[_part_vertices(model, "teeth"), _upper_gums(model)]
-    opening = distance_inside(pixels[teeth, :2], layers.landmarks[list(INNER_LIPS), :2])
+    teeth, upper_gums = _part_vertices(model, "teeth"), _upper_gums(model)
+    behind_lips = np.r_[teeth, upper_gums]
+    opening = distance_inside(pixels[behind_lips, :2], layers.landmarks[list(INNER_LIPS), :2])
     opening = np.clip(opening / (SHARP_FEATHER * layers.inter_ocular), 0.0, 1.0)
-    attributes[teeth, 2] = np.maximum(attributes[teeth, 2], opening)
+    attributes[behind_lips, 2] = np.maximum(attributes[behind_lips, 2], opening)
 
     hidden = _vertex_mask(model, model.part_mask(*HIDDEN_PARTS))
     transparent = attributes[:, 3] < DISCARD_OPACITY  # triangles of these are never drawn: not sent
@@ -91,12 +92,12 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     # gums seen between the teeth and above them in a broad smile: the photo's own lip colour, a shade darker (the
     # model's dark gum red showed as a row of black dots between the upper teeth)
     lips = lip_color(layers.photo, layers.landmarks)
-    mesh.material[_upper_gums(model), :3] = GUM_SHADE * lips
+    mesh.material[upper_gums, :3] = GUM_SHADE * lips
     # teeth the photo does not show (a smile wider than the photo's, an open jaw) look like those it shows: the
     # model's ivory, shaded, looked grey beside the photo's own teeth and took none of its white balance
     shown = photo_teeth_color(layers.photo, layers.landmarks, lips)
     if shown is not None:
-        mesh.material[_part_vertices(model, "teeth"), :3] = np.clip(shown / FRONT_TEETH_SHOWN, 0.0, 1.0)
+        mesh.material[teeth, :3] = np.clip(shown / FRONT_TEETH_SHOWN, 0.0, 1.0)
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[_part_vertices(model, part), :3] *= shade
     shade_teeth_by_depth(model, mesh.material)
@@ -112,10 +113,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
 def lip_color(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """(3,) RGB in [0, 1]: the median colour of the lips in ``photo`` (H, W, 3 uint8), between the (478, 2+)
     ``landmarks``' outer and inner lip outlines."""
-    mask = np.zeros(photo.shape[:2], np.uint8)
-    cv2.fillPoly(mask, [np.round(landmarks[list(OUTER_LIPS), :2]).astype(np.int32)], 1)
-    cv2.fillPoly(mask, [np.round(landmarks[list(INNER_LIPS), :2]).astype(np.int32)], 0)
-    pixels = photo[mask.astype(bool)]
+    pixels = photo[_inside(photo, landmarks, OUTER_LIPS) & ~_inside(photo, landmarks, INNER_LIPS)]
     if len(pixels) == 0:
         return np.array(PART_COLORS["gums_tongue"], np.float32)
     return (np.median(pixels, axis=0) / 255).astype(np.float32)
@@ -125,14 +123,19 @@ def photo_teeth_color(photo: np.ndarray, landmarks: np.ndarray, lips: np.ndarray
     """(3,) RGB in [0, 1] of the teeth ``photo`` shows between its parted lips (the brightest part of the opening
     between the (478, 2+) ``landmarks``' inner lip outline), or None if it shows none: a closed mouth, or an opening no
     brighter than the ``lips`` (its tongue or its dark inside)."""
-    mask = np.zeros(photo.shape[:2], np.uint8)
-    cv2.fillPoly(mask, [np.round(landmarks[list(INNER_LIPS), :2]).astype(np.int32)], 1)
-    pixels = photo[mask.astype(bool)].astype(np.float32) / 255
+    pixels = photo[_inside(photo, landmarks, INNER_LIPS)].astype(np.float32) / 255
     if len(pixels) < TEETH_MIN_PIXELS:
         return None
     luma = pixels @ LUMA
     brightest = pixels[luma >= np.percentile(luma, 70)].mean(axis=0)
     return brightest if float(brightest @ LUMA) >= float(lips @ LUMA) + TEETH_OVER_LIPS else None
+
+
+def _inside(image: np.ndarray, landmarks: np.ndarray, outline: tuple[int, ...]) -> np.ndarray:
+    """(H, W) bool: the pixels of ``image`` inside the polygon of the ``outline`` landmarks."""
+    mask = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(landmarks[list(outline), :2]).astype(np.int32)], 1)
+    return mask.astype(bool)
 
 
 def shade_teeth_by_depth(model: IctModel, material: np.ndarray) -> None:
