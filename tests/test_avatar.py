@@ -127,6 +127,30 @@ def test_the_coarser_parts_keep_their_outlines(ict_model) -> None:
         assert open_edges(coarse) == open_edges(full), f"{part}: its outline changed"
 
 
+def test_a_head_posing_only_what_is_drawn_poses_it_as_the_whole_head(ict_model) -> None:
+    """The pipeline poses only the vertices it draws: those come out as the whole head's, which is the neutral plus
+    the weighted shapes (the eyes rotate apart), and the rest stay at rest."""
+    from realtime.ict.avatar import Avatar
+
+    rng = np.random.default_rng(7)
+    avatar = Avatar(ict_model, ict_model.identity_shape(rng.normal(0.0, 1.0, len(ict_model.identity_basis))))
+    weights = rng.uniform(0.0, 1.0, len(ict_model.expression_names)).astype(np.float32)
+    for name in ict_model.expression_names:
+        if name.startswith(("eyeLook", "eyeBlink")):
+            weights[ict_model.expression_index(name)] = 0.0
+    vertices, normals = avatar.pose(weights)
+    expected = avatar.identity_vertices + np.einsum("s,snc->nc", weights, ict_model.expression_basis)
+    assert np.abs(vertices - expected).max() < 1e-4
+
+    drawn = np.unique(ict_model.triangles_of("face", "teeth"))
+    some_vertices, some_normals = avatar.posing_only(drawn).pose(weights)
+    assert np.abs(some_vertices[drawn] - vertices[drawn]).max() < 1e-5
+    assert np.abs(some_normals[drawn] - normals[drawn]).max() < 1e-5
+    rest = np.setdiff1d(np.arange(ict_model.n_vertices), drawn)
+    assert np.array_equal(some_vertices[rest], avatar.identity_vertices[rest])
+    assert np.abs(vertices[rest] - avatar.identity_vertices[rest]).max() > 0.1  # the whole head did move them
+
+
 @pytest.mark.parametrize("yaw", [0.0, 40.0, -70.0])
 def test_no_crack_in_the_head_look(astronaut_pipeline, ict_model, gl_context, yaw: float) -> None:
     """Turned, the drawn head (coarser face and scalp) shows no background through it."""

@@ -1,5 +1,6 @@
 """The avatar: an identity's neutral ICT head plus this frame's expression, and what the renderer needs to draw it."""
 
+import copy
 import functools
 from pathlib import Path
 
@@ -229,12 +230,15 @@ class Avatar:
         # normals of the full surface: the coarser copies that are drawn are shaded as the full head
         self.exact_normals = VertexNormals(model.render_vertex[drawn_triangles(model, {})], model.n_vertices)
         n_shapes = len(model.expression_basis)
-        self._expression_basis = model.expression_basis.reshape(n_shapes, -1)
         self.identity_normals = self.exact_normals(self.identity_vertices)
-        self._normal_basis = np.empty_like(self._expression_basis)
+        normal_basis = np.empty_like(model.expression_basis)
         for i in range(n_shapes):
-            shape_normals = self.exact_normals(self.identity_vertices + model.expression_basis[i])
-            self._normal_basis[i] = (shape_normals - self.identity_normals).ravel()
+            normal_basis[i] = self.exact_normals(self.identity_vertices + model.expression_basis[i])
+        normal_basis -= self.identity_normals
+        # Each basis only over the vertices it moves (no shape moves a fifth of the head's: the scalp, the neck): a
+        # frame's posing reads these in full, and that is most of its time.
+        self._moved, self._expression_basis = _moving_rows(model.expression_basis)
+        self._turned, self._normal_basis = _moving_rows(normal_basis)
         self._eyes = []  # (vertices: indices or a slice, centre, weights of out/in/up/down, of the blink, outward)
         for side, suffix, outward in (("left", "_L", 1.0), ("right", "_R", -1.0)):
             vertices = np.unique(model.triangles_of(f"sclera_{side}", f"iris_{side}"))
@@ -252,13 +256,32 @@ class Avatar:
         for _, _, looks, blink, _ in self._eyes:
             shapes[looks[2]] *= 1.0 - min(float(weights[blink]), 1.0)  # eyeLookUp's raised lids would not close
             shapes[blink] *= LIDS_CLOSED_AT
-        vertices = (shapes @ self._expression_basis).reshape(-1, 3)
-        vertices += self.identity_vertices
-        normals = (shapes @ self._normal_basis).reshape(-1, 3)
-        normals += self.identity_normals
+        vertices = self.identity_vertices.copy()
+        vertices[self._moved] += (shapes @ self._expression_basis).reshape(-1, 3)
+        normals = self.identity_normals.copy()
+        normals[self._turned] += (shapes @ self._normal_basis).reshape(-1, 3)
         for eye, center, looks, blink, outward in self._eyes:
             # closing lids bring the eyeball to centre: a cornea turned up or aside would bulge through them
             rotation = gaze_rotation(*weights[looks] * (1.0 - min(float(weights[blink]), 1.0)), outward)
             vertices[eye] = (vertices[eye] - center) @ rotation.T + center
             normals[eye] = normals[eye] @ rotation.T
         return vertices, normals
+
+    def posing_only(self, vertices: np.ndarray) -> "Avatar":
+        """This avatar, posing only ``vertices`` (indices: those drawn, say); the others stay at rest in `pose`."""
+        posing = copy.copy(self)
+        posing._moved, posing._expression_basis = _rows_among(self._moved, self._expression_basis, vertices)
+        posing._turned, posing._normal_basis = _rows_among(self._turned, self._normal_basis, vertices)
+        return posing
+
+
+def _moving_rows(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(S, N, 3) per-shape offsets -> (M,) the vertices some shape moves, and (S, M * 3) their offsets."""
+    moved = np.flatnonzero(np.abs(basis).max(axis=(0, 2)) > 0.0)
+    return moved, np.ascontiguousarray(basis[:, moved].reshape(len(basis), -1))
+
+
+def _rows_among(rows: np.ndarray, basis: np.ndarray, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (M,) ``rows`` and their (S, M * 3) ``basis`` columns, kept where ``rows`` are among ``vertices``."""
+    kept = np.isin(rows, vertices)
+    return rows[kept], np.ascontiguousarray(basis.reshape(len(basis), -1, 3)[:, kept].reshape(len(basis), -1))

@@ -22,6 +22,7 @@ from realtime import assets
 from realtime.head import AvatarGeometry, AvatarPose, model_matrix
 from realtime.ict.avatar import Avatar, build_avatar_mesh, hidden_triangles
 from realtime.ict.identity import Identity, prepare_identity
+from realtime.ict.landmark_map import LandmarkMap
 from realtime.ict.model import IctModel
 from realtime.ict.photo_look import head_frame, photo_look_renderer, photo_pose
 from realtime.ict.retarget import Retargeter, RetargetOptions
@@ -109,6 +110,8 @@ class RetargetPipeline:
                     mesh = build_avatar_mesh(model, identity.iris_color, hidden_triangles())
                     renderer = AvatarRenderer(ctx, mesh, identity.albedo, options.render, background)
                 frame = head_frame(identity) if options.look == "photo" else None
+                # a frame's posing moves only what is drawn, and what evaluation reads (MediaPipe's landmarks on it)
+                avatar = avatar.posing_only(np.union1d(renderer.drawn_vertices, LandmarkMap.load().vertex_ids))
                 identities.append(PreparedIdentity(identity, avatar, renderer, frame))
             tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
         except BaseException:

@@ -249,7 +249,7 @@ class AvatarRenderer:
                             ("albedo", 0), ("normal_map", 1), ("photo", 3)):
             self._set_uniform(name, value)
         self._normal_map: moderngl.Texture | None = None
-        self._drawn = np.unique(mesh.render_vertex)  # model vertices
+        self.drawn_vertices = np.unique(mesh.render_vertex)  # (D,) the model vertices drawn
         self._sharp = None if mesh.sharp is None else np.unique(mesh.render_vertex[mesh.sharp])
         self._still = self._render_still()
         if self._underlay is not None:  # from now on the background is the still frame, its still parts included
@@ -306,7 +306,7 @@ class AvatarRenderer:
         model = np.eye(4, dtype=np.float32) if model_matrix is None else np.asarray(model_matrix, np.float32)
         self._set_uniform("model", model.T)
 
-        avatar = self._pixel_box(np.take(vertices, self._drawn, axis=0), model)
+        avatar = self._pixel_box(np.take(vertices, self.drawn_vertices, axis=0), model)
         sharp = avatar if self._sharp is None else (self._pixel_box(np.take(vertices, self._sharp, axis=0), model)
                                                     if len(self._sharp) else None)
         changed = avatar
