@@ -344,6 +344,32 @@ def test_a_broad_smile_shows_gums_not_black_between_the_upper_teeth(assets, gl_c
     assert opening.sum() > 300 and black < 0.03, f"{black:.1%} of the smile's opening is black"
 
 
+def test_a_face_turned_45_degrees_smiles_with_its_whole_mouth(assets, gl_context, image_tracker) -> None:
+    """On a face turned 45 degrees, MediaPipe's face oval runs along the hidden far jaw, through the mouth: drawn only
+    inside it, the model's mouth was cut in two and MediaPipe read no smile on the output (0.01), the far corner
+    still. The face's outline is now its profile."""
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.rendering.renderer import RenderOptions
+
+    options = PipelineOptions(identity=media("pyfeat_45-m7-di-ph.jpg"), look="photo", use_cache=False,
+                              render=RenderOptions(size=(640, 480)))
+    pipeline = RetargetPipeline.create(options, gl_context)
+    try:
+        names = pipeline.model.expression_names
+        smile = np.zeros(len(names), np.float32)
+        for shape, weight in (("mouthSmile_L", 0.8), ("mouthSmile_R", 0.8), ("jawOpen", 0.15)):
+            smile[names.index(shape)] = weight
+        rest, smiling = posed(pipeline), posed(pipeline, smile)
+    finally:
+        pipeline.close()
+    at_rest, seen = image_tracker.track(rest), image_tracker.track(smiling)
+    for name in ("mouthSmileLeft", "mouthSmileRight"):
+        assert seen.blendshape(name) > at_rest.blendshape(name) + 0.3, f"{name}: {seen.blendshape(name):.2f}"
+    eyes = np.linalg.norm(at_rest.landmarks[33, :2] - at_rest.landmarks[263, :2])
+    for corner in (61, 291):  # both mouth corners move
+        assert np.linalg.norm(seen.landmarks[corner, :2] - at_rest.landmarks[corner, :2]) > 0.06 * eyes
+
+
 @pytest.mark.parametrize("photo, shows_teeth", [("skimage_astronaut.png", True), ("pyfeat_single_face.jpg", True),
                                                 ("pyfeat_0-f1-su-ph.jpg", False), ("pyfeat_15-f13-anc-ph.jpg", False)])
 def test_the_photos_own_teeth_colour_the_models(assets, photo, shows_teeth) -> None:

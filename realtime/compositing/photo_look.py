@@ -62,6 +62,7 @@ class PhotoLayers:
     plate: np.ndarray  # (H, W, 3) uint8: the photo with the person filled from the background around them
     landmarks: np.ndarray  # (478, 2) the photo's landmarks in frame pixels
     inter_ocular: float  # in frame pixels
+    inside_face: np.ndarray  # (H, W) float32: each pixel's distance inside the face, pixels (see `inside_face`)
 
 
 def head_motion_weight(landmarks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -120,7 +121,24 @@ def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndar
     # wherever they meet.
     layer = np.maximum(person_framed, np.clip(2.0 * fill, 0.0, 1.0))
     return PhotoLayers(framing, framed, photo_size, layer.astype(np.float32), motion, plate,
-                       frame_landmarks, iod)
+                       frame_landmarks, iod, inside_face(frame_landmarks, person_framed > 0.5))
+
+
+def inside_face(landmarks: np.ndarray, person: np.ndarray) -> np.ndarray:
+    """(H, W) float32: each pixel's distance inside the face, in pixels (0 outside), from the (478, 2+) frame
+    ``landmarks`` and the ``person`` (H, W) bool.
+
+    The face is MediaPipe's face oval, grown to the landmarks' convex hull where the person is: on a turned face the
+    oval runs along the hidden far jaw, through the cheek and the mouth, while the face seen ends at its profile
+    (nose, lips, chin), where the person ends. (The oval alone cut a smile in two there.)
+    """
+    points = np.round(landmarks[:, :2]).astype(np.int32)
+    face, oval = np.zeros(person.shape, np.uint8), np.zeros(person.shape, np.uint8)
+    cv2.fillConvexPoly(face, cv2.convexHull(points), 1)
+    cv2.fillPoly(oval, [points[list(FACE_OVAL)]], 1)
+    face = (face & person.astype(np.uint8)) | oval
+    # from pixel centres to the nearest outside pixel's centre: the outline lies half a pixel nearer
+    return np.maximum(cv2.distanceTransform(face, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) - 0.5, 0.0).astype(np.float32)
 
 
 def _extended(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
@@ -228,9 +246,9 @@ def face_attributes(
 
     ``frame_pixels`` (R, 2) and ``depth`` (R,) of the rest head through the photo's camera, ``camera_normals`` (R, 3)
     its normals in camera space (+z towards the camera); ``depth_map`` from `rest_depth`. ``blended`` (R,) bool: the
-    skin, whose opacity fades to 0 at the photo's face outline (the layer shows the photo's own edge there); the
-    other drawn parts (eyes, mouth, teeth) are opaque inside the outline and fade out sharply at it: where the head
-    fits the photo badly (a face turned far to the side), its far eye or mouth would float beside the face.
+    skin, whose opacity fades to 0 at the face's outline (`inside_face`; the layer shows the photo's own edge there);
+    the other drawn parts (eyes, mouth, teeth) are opaque inside the outline and fade out sharply at it: where the
+    head fits the photo badly (a face turned far to the side), its far eye or mouth would float beside the face.
     """
     width, height = layers.framing.size
     iod = layers.inter_ocular
@@ -246,7 +264,8 @@ def face_attributes(
     in_photo = layers.framing.to_photo(frame_pixels)
     inside = np.all((in_photo >= 1) & (in_photo <= np.array(layers.photo_size) - 2), axis=1)  # not the extension
     shows_photo = visible * facing * inside
-    inside = distance_inside(frame_pixels, layers.landmarks[list(FACE_OVAL), :2])
+    px, py = (np.ascontiguousarray(c[:, None] - 0.5, np.float32) for c in frame_pixels.T)  # pixel centres at .5
+    inside = cv2.remap(layers.inside_face, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)[:, 0]
     opacity = np.clip(inside / (np.where(blended, EDGE_FEATHER, SHARP_FEATHER) * iod), 0.0, 1.0)
     # skin near the outline that the photo did not see (the side of the face, turned away or under the hair) lets
     # the moving layer show: the photo's own pixels there, lifted on the head's depth, not a flat patch of fill
