@@ -318,24 +318,29 @@ def test_anti_aliasing_smooths_the_models_edges_not_the_photos_pixels(assets, gl
     assert smoothed[~mouth].sum() < 10, f"{smoothed[~mouth].sum()} pixels smoothed away from the mouth"
 
 
-def test_a_broad_smile_shows_gums_not_black_between_the_upper_teeth(assets, gl_context, image_tracker) -> None:
-    """A smile with the upper lip raised uncovers the gums above and between the upper teeth: they take the photo's
-    lip colour, a shade darker; the model's dark gum red was a row of black dots there (6.1% of the opening)."""
+def rest_and_posed(gl_context, photo: str, **weights: float) -> tuple[np.ndarray, np.ndarray]:
+    """The photo look of a sample ``photo`` at 640x480, at rest and with the ICT expression ``weights``."""
     from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
     from realtime.rendering.renderer import RenderOptions
 
-    options = PipelineOptions(identity=media("pyfeat_15-f13-anc-ph.jpg"), look="photo", use_cache=False,
+    options = PipelineOptions(identity=media(photo), look="photo", use_cache=False,
                               render=RenderOptions(size=(640, 480)))
     pipeline = RetargetPipeline.create(options, gl_context)
     try:
         names = pipeline.model.expression_names
-        smile = np.zeros(len(names), np.float32)
-        for shape, weight in (("mouthSmile_L", 0.8), ("mouthSmile_R", 0.8), ("mouthUpperUp_L", 0.4),
-                              ("mouthUpperUp_R", 0.4)):
-            smile[names.index(shape)] = weight
-        smiling = posed(pipeline, smile)
+        expression = np.zeros(len(names), np.float32)
+        for shape, weight in weights.items():
+            expression[names.index(shape)] = weight
+        return posed(pipeline), posed(pipeline, expression)
     finally:
         pipeline.close()
+
+
+def test_a_broad_smile_shows_gums_not_black_between_the_upper_teeth(assets, gl_context, image_tracker) -> None:
+    """A smile with the upper lip raised uncovers the gums above and between the upper teeth: they take the photo's
+    lip colour, a shade darker; the model's dark gum red was a row of black dots there (6.1% of the opening)."""
+    _, smiling = rest_and_posed(gl_context, "pyfeat_15-f13-anc-ph.jpg", mouthSmile_L=0.8, mouthSmile_R=0.8,
+                                mouthUpperUp_L=0.4, mouthUpperUp_R=0.4)
     face = image_tracker.track(smiling)
     opening = np.zeros(smiling.shape[:2], np.uint8)
     cv2.fillPoly(opening, [np.round(face.landmarks[list(INNER_LIPS), :2]).astype(np.int32)], 1)
@@ -348,20 +353,8 @@ def test_a_face_turned_45_degrees_smiles_with_its_whole_mouth(assets, gl_context
     """On a face turned 45 degrees, MediaPipe's face oval runs along the hidden far jaw, through the mouth: drawn only
     inside it, the model's mouth was cut in two and MediaPipe read no smile on the output (0.01), the far corner
     still. The face's outline is now its profile."""
-    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
-    from realtime.rendering.renderer import RenderOptions
-
-    options = PipelineOptions(identity=media("pyfeat_45-m7-di-ph.jpg"), look="photo", use_cache=False,
-                              render=RenderOptions(size=(640, 480)))
-    pipeline = RetargetPipeline.create(options, gl_context)
-    try:
-        names = pipeline.model.expression_names
-        smile = np.zeros(len(names), np.float32)
-        for shape, weight in (("mouthSmile_L", 0.8), ("mouthSmile_R", 0.8), ("jawOpen", 0.15)):
-            smile[names.index(shape)] = weight
-        rest, smiling = posed(pipeline), posed(pipeline, smile)
-    finally:
-        pipeline.close()
+    rest, smiling = rest_and_posed(gl_context, "pyfeat_45-m7-di-ph.jpg", mouthSmile_L=0.8, mouthSmile_R=0.8,
+                                   jawOpen=0.15)
     at_rest, seen = image_tracker.track(rest), image_tracker.track(smiling)
     for name in ("mouthSmileLeft", "mouthSmileRight"):
         assert seen.blendshape(name) > at_rest.blendshape(name) + 0.3, f"{name}: {seen.blendshape(name):.2f}"

@@ -237,8 +237,8 @@ class Avatar:
         normal_basis -= self.identity_normals
         # Each basis only over the vertices it moves (no shape moves a fifth of the head's: the scalp, the neck): a
         # frame's posing reads these in full, and that is most of its time.
-        self._moved, self._expression_basis = _moving_rows(model.expression_basis)
-        self._turned, self._normal_basis = _moving_rows(normal_basis)
+        self._moved, self._expression_basis = _moved_coordinates(model.expression_basis)
+        self._turned, self._normal_basis = _moved_coordinates(normal_basis)
         self._eyes = []  # (vertices: indices or a slice, centre, weights of out/in/up/down, of the blink, outward)
         for side, suffix, outward in (("left", "_L", 1.0), ("right", "_R", -1.0)):
             vertices = np.unique(model.triangles_of(f"sclera_{side}", f"iris_{side}"))
@@ -270,19 +270,19 @@ class Avatar:
     def posing_only(self, vertices: np.ndarray) -> "Avatar":
         """This avatar, posing only ``vertices`` (indices: those drawn, say); the others stay at rest in `pose`."""
         posing = copy.copy(self)
-        posing._moved, posing._expression_basis = _rows_among(self._moved, self._expression_basis, vertices)
-        posing._turned, posing._normal_basis = _rows_among(self._turned, self._normal_basis, vertices)
+        posing._moved, posing._expression_basis = _coordinates_among(self._moved, self._expression_basis, vertices)
+        posing._turned, posing._normal_basis = _coordinates_among(self._turned, self._normal_basis, vertices)
         return posing
 
 
-def _moving_rows(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _moved_coordinates(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(S, N, 3) per-shape offsets -> (M * 3,) flat coordinates of the vertices some shape moves, (S, M * 3) their
     offsets."""
     moved = np.flatnonzero(np.abs(basis).max(axis=(0, 2)) > 0.0)
     return _flat(moved), np.ascontiguousarray(basis[:, moved].reshape(len(basis), -1))
 
 
-def _rows_among(flat: np.ndarray, basis: np.ndarray, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _coordinates_among(flat: np.ndarray, basis: np.ndarray, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The (M * 3,) ``flat`` coordinates and their (S, M * 3) ``basis`` columns, kept where their vertices are among
     ``vertices``."""
     kept = np.isin(flat // 3, vertices)
