@@ -262,15 +262,15 @@ def face_attributes(
     visible = depth <= nearby[y, x] + 0.02 * iod
     facing = np.clip((camera_normals[:, 2] - 0.1) / 0.25, 0.0, 1.0)
     in_photo = layers.framing.to_photo(frame_pixels)
-    inside = np.all((in_photo >= 1) & (in_photo <= np.array(layers.photo_size) - 2), axis=1)  # not the extension
-    shows_photo = visible * facing * inside
+    in_own_photo = np.all((in_photo >= 1) & (in_photo <= np.array(layers.photo_size) - 2), axis=1)  # not extended
+    shows_photo = visible * facing * in_own_photo
     px, py = (np.ascontiguousarray(c[:, None] - 0.5, np.float32) for c in frame_pixels.T)  # pixel centres at .5
-    inside = cv2.remap(layers.inside_face, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)[:, 0]
-    opacity = np.clip(inside / (np.where(blended, EDGE_FEATHER, SHARP_FEATHER) * iod), 0.0, 1.0)
+    into_face = cv2.remap(layers.inside_face, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)[:, 0]
+    opacity = np.clip(into_face / (np.where(blended, EDGE_FEATHER, SHARP_FEATHER) * iod), 0.0, 1.0)
     # skin near the outline that the photo did not see (the side of the face, turned away or under the hair) lets
     # the moving layer show: the photo's own pixels there, lifted on the head's depth, not a flat patch of fill
     # colour over the hair. Deeper inside (under the nose) it stays: behind it is the mouth's dark interior.
-    seen = np.maximum(UNSEEN_SKIN_FADE * shows_photo, inside / (3 * EDGE_FEATHER * iod))
+    seen = np.maximum(UNSEEN_SKIN_FADE * shows_photo, into_face / (3 * EDGE_FEATHER * iod))
     opacity = np.where(blended, np.minimum(opacity, np.clip(seen, 0.0, 1.0)), opacity)
     uv = frame_pixels / np.array([width, height])
     return np.c_[uv, shows_photo, opacity].astype(np.float32)

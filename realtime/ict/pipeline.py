@@ -95,6 +95,7 @@ class RetargetPipeline:
         own_context = ctx is None
         ctx = ctx or create_context(options.gl_backend)
         photos = (options.identity, *options.more_identities)
+        landmark_vertices = LandmarkMap.load().vertex_ids  # what evaluation reads on a posed head
         identities: list[PreparedIdentity] = []
         try:
             for photo in tqdm(photos, desc="Preparing identities", unit="identity", disable=None):
@@ -111,7 +112,7 @@ class RetargetPipeline:
                     renderer = AvatarRenderer(ctx, mesh, identity.albedo, options.render, background)
                 frame = head_frame(identity) if options.look == "photo" else None
                 # a frame's posing moves only what is drawn, and what evaluation reads (MediaPipe's landmarks on it)
-                avatar = avatar.posing_only(np.union1d(renderer.drawn_vertices, LandmarkMap.load().vertex_ids))
+                avatar = avatar.posing_only(np.union1d(renderer.drawn_vertices, landmark_vertices))
                 identities.append(PreparedIdentity(identity, avatar, renderer, frame))
             tracker = FaceTracker.create_from_options(FaceTrackerOptions(running_mode=RunningMode.VIDEO))
         except BaseException:
