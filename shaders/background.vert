@@ -1,6 +1,5 @@
 #version 330 core
-// A full-screen triangle pair showing the background image, on the far plane: drawn with the depth test always
-// passing, it also resets the depth buffer, which saves the renderer a clear.
+// A full-screen triangle pair showing the background image, drawn once into the still frame.
 in vec2 in_position;
 
 void main() {

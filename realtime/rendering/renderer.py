@@ -198,17 +198,9 @@ class AvatarRenderer:
         self.albedo = texture_from_image(ctx, albedo, mipmaps=True)
         self._photo = texture_from_image(ctx, photo, mipmaps=False) if photo is not None else None
         self._underlay = underlay
-        if underlay is not None and background_image is None:  # the underlay's still parts go into a background
-            background_image = np.full((height, width, 3), np.round(np.array(options.background) * 255), np.uint8)
         # the full-frame passes (background, anti-aliasing) draw this triangle strip
         quad = ctx.buffer(np.array([-1, -1, 1, -1, -1, 1, 1, 1], np.float32).tobytes())
         self._resources: list = [quad]
-        self._background_vao = None
-        if background_image is not None:
-            self._background = texture_from_image(ctx, _resized(background_image, options.size), mipmaps=False)
-            program = load_program(ctx, "background")
-            self._background_vao = ctx.vertex_array(program, [(quad, "2f", "in_position")])
-            self._resources += [self._background_vao, program]
 
         if options.antialias not in ANTIALIAS_MODES:
             raise ValueError(f"antialias must be one of {ANTIALIAS_MODES}, got {options.antialias!r}")
@@ -220,12 +212,9 @@ class AvatarRenderer:
         edge_marks = ctx.depth_renderbuffer((width, height)) if options.antialias == "fxaa" else None
         self._output = ctx.framebuffer([ctx.renderbuffer((width, height), 4)], edge_marks)
         self._resources += [self._scene_color, self._scene, self._output]
-        self._draw_target = self._scene
+        self._samples = samples
+        self._draw_target = self._like_draw_target() if samples else self._scene
         if samples:
-            self._draw_target = ctx.framebuffer(
-                [ctx.renderbuffer((width, height), 4, samples=samples)],
-                ctx.depth_renderbuffer((width, height), samples=samples),
-            )
             self._resources.append(self._draw_target)
         self._fxaa: tuple[moderngl.VertexArray, moderngl.VertexArray] | None = None  # edges marked, then smoothed
         if options.antialias == "fxaa":
@@ -251,10 +240,12 @@ class AvatarRenderer:
         self._normal_map: moderngl.Texture | None = None
         self.drawn_vertices = np.unique(mesh.render_vertex)  # (D,) the model vertices drawn
         self._sharp = None if mesh.sharp is None else np.unique(mesh.render_vertex[mesh.sharp])
-        self._still = self._render_still()
-        if self._underlay is not None:  # from now on the background is the still frame, its still parts included
-            self._background.release()
-            self._background = texture_from_image(ctx, self._still, mipmaps=False)
+        # The still frame (background and the underlay's still parts), kept on the CPU, pasted around the box each
+        # frame, and in a framebuffer shaped like the draw target: each frame starts as a copy of it (a memory copy
+        # in the software rasteriser, 7 to 15 times cheaper than drawing the background's texture over the box).
+        self._still_target = self._like_draw_target()
+        self._resources.append(self._still_target)
+        self._still = self._render_still(background_image, quad)
 
     def _link(self, normal_map: bool) -> None:
         """(Re)build the avatar program and its vertex array, with the uniforms set so far.
@@ -334,41 +325,44 @@ class AvatarRenderer:
         self._paste(frame, source, changed)
         return frame
 
-    def _draw_scene(self, model: np.ndarray, scissor: tuple[int, int, int, int] | None,
-                    avatar: bool = True) -> None:
-        """Background, underlay and (with ``avatar``) the mesh into the draw target, within ``scissor`` (GL box)."""
+    def _like_draw_target(self) -> moderngl.Framebuffer:
+        """A framebuffer of the draw target's size, samples and formats: one can be copied into the other."""
+        size = self.options.size
+        if not self._samples:
+            return self.ctx.framebuffer([self.ctx.texture(size, 4)], self.ctx.depth_renderbuffer(size))
+        return self.ctx.framebuffer([self.ctx.renderbuffer(size, 4, samples=self._samples)],
+                                    self.ctx.depth_renderbuffer(size, samples=self._samples))
+
+    def _draw_scene(self, model: np.ndarray, scissor: tuple[int, int, int, int] | None) -> None:
+        """The still frame, then within ``scissor`` (GL box) the underlay's moving parts and the mesh, into the draw
+        target."""
+        self.ctx.scissor = None  # a copy obeys the scissor box
+        self.ctx.copy_framebuffer(self._draw_target, self._still_target)
         self._draw_target.use()
         self.ctx.scissor = scissor
-        if self._background_vao is None:
-            self.ctx.clear(*self.options.background, 1.0)
-        else:  # covers every pixel, colour and depth: no clear needed
-            self.ctx.enable(moderngl.DEPTH_TEST)
-            self.ctx.depth_func = "1"  # always
-            self._background.use(0)
-            self._background_vao.render(moderngl.TRIANGLE_STRIP)
-            self.ctx.depth_func = "<"
-            self.ctx.disable(moderngl.DEPTH_TEST)
-        if self._underlay is not None:  # the photo's own colours: alpha (the model's colours shown) stays 0
-            self._color_mask((True, True, True, False))
-            self._underlay.draw(model, moving=avatar)
-            self._color_mask((True, True, True, True))
-        if avatar:
-            self.ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
-            self.albedo.use(0)
-            if self._normal_map is not None:
-                self._normal_map.use(1)
-            if self._photo is not None:  # blended by the shader's second output (see avatar.frag)
-                self._photo.use(3)
-                self.ctx.enable(moderngl.BLEND)
-                self.ctx.blend_func = (GL_SRC1_ALPHA, GL_ONE_MINUS_SRC1_ALPHA, GL_SRC1_ALPHA, GL_ONE_MINUS_SRC1_ALPHA)
-            self.vao.render(moderngl.TRIANGLES)
-            self.ctx.blend_func = moderngl.DEFAULT_BLENDING
-            self.ctx.disable(moderngl.BLEND)
+        if self._underlay is not None:
+            self._draw_underlay(self._draw_target, model, moving=True)
+        self.ctx.enable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+        self.albedo.use(0)
+        if self._normal_map is not None:
+            self._normal_map.use(1)
+        if self._photo is not None:  # blended by the shader's second output (see avatar.frag)
+            self._photo.use(3)
+            self.ctx.enable(moderngl.BLEND)
+            self.ctx.blend_func = (GL_SRC1_ALPHA, GL_ONE_MINUS_SRC1_ALPHA, GL_SRC1_ALPHA, GL_ONE_MINUS_SRC1_ALPHA)
+        self.vao.render(moderngl.TRIANGLES)
+        self.ctx.blend_func = moderngl.DEFAULT_BLENDING
+        self.ctx.disable(moderngl.BLEND)
         self.ctx.scissor = None
 
-    def _color_mask(self, mask: tuple[bool, bool, bool, bool]) -> None:
-        self._draw_target.color_mask = mask
-        self._draw_target.use()  # moderngl applies a framebuffer's colour mask when it is bound
+    def _draw_underlay(self, target: moderngl.Framebuffer, model: np.ndarray, moving: bool) -> None:
+        """The underlay's moving or still parts into ``target``: the photo's own colours, so alpha (the model's
+        colours shown) stays 0."""
+        target.color_mask = (True, True, True, False)
+        target.use()  # moderngl applies a framebuffer's colour mask when it is bound
+        self._underlay.draw(model, moving=moving)
+        target.color_mask = (True, True, True, True)
+        target.use()
 
     def _antialias(self, box: Box) -> None:
         """FXAA from the scene into the output within ``box``: every pixel copied and its edges marked, then only the
@@ -386,13 +380,27 @@ class AvatarRenderer:
         self.ctx.disable(moderngl.DEPTH_TEST)
         self.ctx.scissor = None
 
-    def _render_still(self) -> np.ndarray:
-        """(H, W, 3) uint8: the background and the underlay's still parts, what every frame shows outside the box."""
+    def _render_still(self, background_image: np.ndarray | None, quad: moderngl.Buffer) -> np.ndarray:
+        """Draw the still frame into the still target: ``background_image`` (any size, else the background colour)
+        and the underlay's still parts. Returns it, (H, W, 3) uint8: what every frame shows outside the box."""
         width, height = self.options.size
-        self._draw_scene(np.eye(4, dtype=np.float32), scissor=None, avatar=False)
-        source = self._scene
-        if self._draw_target is not self._scene:
-            self.ctx.copy_framebuffer(self._output, self._draw_target)
+        target = self._still_target
+        target.use()
+        self.ctx.clear(*self.options.background, 1.0)
+        self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+        if background_image is not None:
+            texture = texture_from_image(self.ctx, _resized(background_image, self.options.size), mipmaps=False)
+            program = load_program(self.ctx, "background")
+            vao = self.ctx.vertex_array(program, [(quad, "2f", "in_position")])
+            texture.use(0)
+            vao.render(moderngl.TRIANGLE_STRIP)
+            for resource in (vao, program, texture):
+                resource.release()
+        if self._underlay is not None:
+            self._draw_underlay(target, np.eye(4, dtype=np.float32), moving=False)
+        source = target
+        if self._samples:
+            self.ctx.copy_framebuffer(self._output, target)  # resolves MSAA
             source = self._output
         still = np.empty((height, width, 3), np.uint8)
         self._paste(still, source, (0, 0, width, height))
@@ -430,8 +438,6 @@ class AvatarRenderer:
     def release(self) -> None:
         resources = [self.vao, self._positions, self._normals, *self._buffers, self.albedo, self.program,
                      *self._resources]
-        if self._background_vao is not None:
-            resources.append(self._background)
         if self._photo is not None:
             resources.append(self._photo)
         if self._underlay is not None:
