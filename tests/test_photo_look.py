@@ -8,7 +8,7 @@ import pytest
 
 from realtime.head import AvatarPose, HeadOffset
 from realtime.reenactment import ssim
-from realtime.tracking.landmarks import INNER_LIPS
+from realtime.tracking.landmarks import FACE_OVAL, INNER_LIPS, OUTER_LIPS
 from tests.conftest import media, neutral_weights, turn_on_the_neck, yaw
 
 SIZE = (640, 360)
@@ -368,7 +368,7 @@ def test_a_face_turned_45_degrees_smiles_with_its_whole_mouth(assets, gl_context
 def test_the_photos_own_teeth_colour_the_models(assets, photo, shows_teeth) -> None:
     """Teeth that the photo shows between parted lips give the model's teeth their colour (its white balance, its
     shade), so that a wider smile or an open jaw adds teeth like the photo's; an open mouth showing only the tongue,
-    and a closed one, give none (the model's own ivory stays)."""
+    and a closed one, give none (then the model's ivory takes the light of the photo's skin)."""
     from realtime.ict.photo_look import lip_color, photo_teeth_color
     from realtime.io.images import read_image
     from realtime.tracking.faces import find_identity_face
@@ -380,6 +380,34 @@ def test_the_photos_own_teeth_colour_the_models(assets, photo, shows_teeth) -> N
     assert (teeth is not None) == shows_teeth, teeth
     if shows_teeth:
         assert teeth.min() > 0.5 and teeth.mean() > lips.mean() + 0.1, (teeth, lips)  # light, lighter than the lips
+
+
+@pytest.mark.parametrize("photo", ["pyfeat_15-f13-anc-ph.jpg", "pyfeat_45-m7-di-ph.jpg"])
+def test_teeth_the_photo_does_not_show_are_lit_like_its_skin(assets, gl_context, image_tracker, photo) -> None:
+    """Teeth that an open mouth adds to a closed-mouthed photo lean away from grey the way the photo's skin does (the
+    same light on a whiter surface). The model's fixed ivory looked yellow-green on these bluish, pink-lit faces
+    (cosine 0.76 and 0.82 with the skin's lean)."""
+    rest, opened = rest_and_posed(gl_context, photo, jawOpen=0.4, mouthSmile_L=0.6, mouthSmile_R=0.6)
+    landmarks = image_tracker.track(rest).landmarks
+
+    def polygon(outline: tuple[int, ...], points: np.ndarray) -> np.ndarray:
+        mask = np.zeros(rest.shape[:2], np.uint8)
+        cv2.fillPoly(mask, [np.round(points[list(outline), :2]).astype(np.int32)], 1)
+        return mask.astype(bool)
+
+    def lean(pixels: np.ndarray) -> np.ndarray:
+        """How a colour leans away from grey: its chromaticity minus grey's."""
+        colour = np.median(pixels.astype(float), axis=0)
+        return colour / colour.sum() - 1 / 3
+
+    skin = rest[polygon(FACE_OVAL, landmarks) & ~polygon(OUTER_LIPS, landmarks)]
+    mouth = opened[polygon(INNER_LIPS, image_tracker.track(opened).landmarks)].astype(float)
+    luma = mouth @ np.array([0.299, 0.587, 0.114])
+    teeth = mouth[luma >= np.percentile(luma, 85)]
+    assert len(teeth) >= 20, "the open mouth shows teeth"
+    skin_lean, teeth_lean = lean(skin), lean(teeth)
+    cosine = float(skin_lean @ teeth_lean / np.linalg.norm(skin_lean) / np.linalg.norm(teeth_lean))
+    assert cosine > 0.9, f"teeth {np.round(teeth_lean, 3)} against skin {np.round(skin_lean, 3)}: cosine {cosine:.2f}"
 
 
 def test_a_badly_fitted_head_leaves_the_photo_as_it_is_at_rest(assets, gl_context) -> None:

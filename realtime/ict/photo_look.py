@@ -36,7 +36,7 @@ from realtime.ict.landmark_map import LandmarkMap
 from realtime.ict.model import IctModel
 from realtime.rendering.renderer import DISCARD_OPACITY, AvatarRenderer, RenderOptions
 from realtime.tracking.head_pose import CanonicalFrame, canonical_frame
-from realtime.tracking.landmarks import INNER_LIPS, OUTER_LIPS
+from realtime.tracking.landmarks import FACE_OVAL, INNER_LIPS, OUTER_LIPS
 
 SKIN_PARTS = ("face",)  # fades into the photo at its outline
 HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown instead
@@ -55,6 +55,11 @@ GUM_SHADE = 0.8  # gums against the photo's lips: inside the mouth, a little dar
 # The photo's own teeth: seen in at least this many pixels, this much brighter than its lips (luma in [0, 1]); a front
 # tooth shows this much of its material colour (its mouth shadow, 0.9, times its shading facing the camera, 0.95)
 TEETH_MIN_PIXELS, TEETH_OVER_LIPS, FRONT_TEETH_SHOWN = 30, 0.15, 0.86
+# Teeth the photo does not show take its light's colour from its skin: on the sample photos that show teeth, the teeth's
+# chromaticity lies 0.4-0.7 of the way from grey to the skin's (the same light, on a whiter surface). The model's own
+# ivory, the same on every photo, looked green beside a pink-lit face and yellow beside a blue-lit one.
+TEETH_SKIN_CHROMA = 0.5
+SKIN_LUMA_PERCENTILES = (40, 95)  # of the face's pixels: skin, not eyes, brows and nostrils, nor highlights
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -98,6 +103,8 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     shown = photo_teeth_color(layers.photo, layers.landmarks, lips)
     if shown is not None:
         mesh.material[teeth, :3] = np.clip(shown / FRONT_TEETH_SHOWN, 0.0, 1.0)
+    else:
+        mesh.material[teeth, :3] = unseen_teeth_color(layers.photo, layers.landmarks)
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[_part_vertices(model, part), :3] *= shade
     shade_teeth_by_depth(model, mesh.material)
@@ -129,6 +136,23 @@ def photo_teeth_color(photo: np.ndarray, landmarks: np.ndarray, lips: np.ndarray
     luma = pixels @ LUMA
     brightest = pixels[luma >= np.percentile(luma, 70)].mean(axis=0)
     return brightest if float(brightest @ LUMA) >= float(lips @ LUMA) + TEETH_OVER_LIPS else None
+
+
+def unseen_teeth_color(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """(3,) RGB in [0, 1] for teeth ``photo`` (H, W, 3 uint8) does not show: the model's ivory brightness, in the
+    chromaticity of the skin within the (478, 2+) ``landmarks``' face outline, `TEETH_SKIN_CHROMA` of the way from
+    grey."""
+    ivory = np.array(PART_COLORS["teeth"], np.float32)
+    face = _inside(photo, landmarks, FACE_OVAL) & ~_inside(photo, landmarks, OUTER_LIPS)
+    pixels = photo[face].astype(np.float32) / 255
+    if len(pixels) == 0:
+        return ivory
+    luma = pixels @ LUMA
+    low, high = np.percentile(luma, SKIN_LUMA_PERCENTILES)
+    skin = np.median(pixels[(luma >= low) & (luma <= high)], axis=0)
+    chroma = skin / max(float(skin.sum()), 1e-6)
+    teeth = 1.0 / 3.0 + TEETH_SKIN_CHROMA * (chroma - 1.0 / 3.0)
+    return np.clip(teeth * float(ivory @ LUMA) / float(teeth @ LUMA), 0.0, 1.0).astype(np.float32)
 
 
 def _inside(image: np.ndarray, landmarks: np.ndarray, outline: tuple[int, ...]) -> np.ndarray:
