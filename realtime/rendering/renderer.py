@@ -242,7 +242,7 @@ class AvatarRenderer:
         self._sharp = None if mesh.sharp is None else np.unique(mesh.render_vertex[mesh.sharp])
         # The still frame (background and the underlay's still parts), kept on the CPU, pasted around the box each
         # frame, and in a framebuffer shaped like the draw target: each frame starts as a copy of it (a memory copy
-        # in the software rasteriser, 7 to 15 times cheaper than drawing the background's texture over the box).
+        # in the software rasteriser, 4 to 6 times cheaper than drawing the still frame's texture over the box).
         self._still_target = self._like_draw_target()
         self._resources.append(self._still_target)
         self._still = self._render_still(background_image, quad)
