@@ -87,7 +87,9 @@ def test_jaw_gain_on_a_real_clip(carphone, astronaut_pipeline) -> None:
     assert 0.8 <= {c.name: c for c in result.channels}["jawOpen"].gain <= 1.25, result.table()
 
 
-@pytest.mark.xfail(reason="target not met: the avatar's blinks swing 1.25-1.3 times the driver's on this clip")
+@pytest.mark.xfail(reason="target not met: the avatar's blinks swing 1.2-1.3 times the driver's on this clip, its "
+                          "shut lids read 0.66-0.69 where the driver's full blinks read 0.52-0.57 (a weight under 1 "
+                          "would leave a slit of eyeball showing)")
 def test_blink_gain_on_a_real_clip(carphone, astronaut_pipeline) -> None:
     result = report(carphone, expression_names=astronaut_pipeline.model.expression_names)
     channels = {c.name: c for c in result.channels}
