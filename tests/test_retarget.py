@@ -71,3 +71,25 @@ def test_a_reopening_lid_keeps_up_with_the_driver(ict_model) -> None:
         given.append(float(retargeter.filtered(AvatarPose(expression, np.eye(3), True), 1 / 30).expression[blink]))
     assert given[3] > 0.95, "and closes with it"
     assert np.abs(np.array(given[6:]) - asked[6:]).max() < 0.05, np.round(given, 2)
+
+
+def test_a_smile_does_not_move_the_head(smiling_face) -> None:
+    """The head's motion is fitted to the points no expression moves: cheeks, mouth and jaw raised by a tenth of the
+    face (a broad smile's size) leave it where it was; the same points moved with the rest of the face move it."""
+    from realtime.tracking.head_pose import RIGID_LANDMARKS, HeadMotion
+
+    motion = HeadMotion(parameters=None)
+    motion.calibrate(smiling_face.landmarks)
+    landmarks = smiling_face.landmarks.astype(np.float64)
+    face_height = np.ptp(landmarks[:, 1])
+    lower_face = np.zeros(len(landmarks), bool)
+    lower_face[landmarks[:, 1] > landmarks[RIGID_LANDMARKS[:4], 1].mean() + 0.05 * face_height] = True
+    lower_face[list(RIGID_LANDMARKS)] = False  # the nose's bridge reaches below the eyes
+    smiling = landmarks.copy()
+    smiling[lower_face, 1] -= 0.1 * face_height
+    rotation, translation, scale = motion(smiling, 1 / 30)
+    angle = np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1)))
+    assert angle < 0.5 and np.abs(translation).max() < 0.05 and abs(scale - 1) < 1e-6, (angle, translation)
+    lifted = landmarks - [0.0, 0.1 * face_height, 0.0]
+    _, translation, _ = motion(lifted, 1 / 30)
+    assert translation[1] > 1.0, "the whole face raised: the head rises (centimetres, y up)"

@@ -45,7 +45,7 @@ from realtime.deca.photo_look import (
     with_cavity,
 )
 from realtime.errors import UserError
-from realtime.geometry.fitting import fit_weak_perspective, inter_ocular_distance, weak_perspective_projection
+from realtime.geometry.fitting import fit_weak_perspective, weak_perspective_projection
 from realtime.geometry.normals import VertexNormals
 from realtime.head import GAZE_DEGREES, AvatarGeometry, AvatarPose, HeadOffset, blend, model_matrix
 from realtime.io.images import read_image
@@ -343,9 +343,7 @@ class DecaPipeline:
     def calibrate_neutral(self, face: DecaFace) -> None:
         self._rest = np.r_[face.exp, face.jaw, np.zeros(N_EYES)].astype(np.float32)
         if self.options.head_pose:
-            observation = face.observation
-            self._motion.calibrate(observation.transform, inter_ocular_distance(observation.landmarks),
-                                   head_rotation(observation.transform))
+            self._motion.calibrate(face.observation.landmarks)
 
     def pose(self, face: DecaFace | None, dt: float) -> AvatarPose:
         if face is not None:
@@ -355,8 +353,7 @@ class DecaPipeline:
                 codes, rotation = self._filter(codes, rotation, dt)
             offset = HeadOffset()
             if self.options.head_pose:
-                size = inter_ocular_distance(face.observation.landmarks)
-                offset = HeadOffset(*self._motion(face.observation.transform, size, rotation, dt))
+                offset = HeadOffset(*self._motion(face.observation.landmarks, dt))
             self._pose = AvatarPose(codes.astype(np.float32), rotation, True, offset)
         else:
             if self._filter is not None:

@@ -4,7 +4,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from realtime.geometry.fitting import inter_ocular_distance
 from realtime.head import AvatarPose, HeadOffset, blend
 from realtime.ict.avatar import blendshape_matrix
 from realtime.ict.response import ResponseModel
@@ -69,7 +68,7 @@ class Retargeter:
         """From now on, ``face``'s blendshape scores count as the neutral face (its resting smile, brows, ...)."""
         self._rest = np.asarray(face.blendshapes, np.float64).copy()
         if self.options.head_pose:
-            self._motion.calibrate(face.transform, inter_ocular_distance(face.landmarks), self.target(face).rotation)
+            self._motion.calibrate(face.landmarks)
 
     def reset_neutral(self) -> None:
         self._rest = self._response.neutral
@@ -99,8 +98,7 @@ class Retargeter:
         if face is not None:
             wanted = self.filtered(self.target(face), dt)
             if self.options.head_pose:
-                size = inter_ocular_distance(face.landmarks)
-                offset = HeadOffset(*self._motion(face.transform, size, wanted.rotation, dt))
+                offset = HeadOffset(*self._motion(face.landmarks, dt))
                 wanted = AvatarPose(wanted.expression, wanted.rotation, wanted.tracked, offset)
             if self._recovering:
                 self._pose = blend(previous, wanted, 1.0 - np.exp(-dt / self.options.pickup_seconds))

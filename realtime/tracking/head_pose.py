@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from realtime.geometry.fitting import fit_similarity
+from realtime.geometry.fitting import fit_similarity, inter_ocular_distance
 from realtime.paths import PACKAGE_DATA
-from realtime.tracking.filtering import OneEuroFilter, OneEuroParameters
+from realtime.tracking.filtering import OneEuroFilter, OneEuroParameters, RotationFilter
 
 SETTLE_FRAMES = 5  # the resting head is the mean of the first tracked frames, until the user calibrates one
 CANONICAL_FACE_PATH = PACKAGE_DATA / "mediapipe_canonical_face.txt"  # tools/build_canonical_face.py
@@ -74,47 +74,68 @@ def head_pitch(rotation: np.ndarray) -> float:
     return float(np.degrees(np.arcsin(np.clip(rotation[1, 2], -1.0, 1.0))))
 
 
+# The points of the face that no expression moves: the eye corners, the bridge of the nose, the upper forehead and the
+# temples. The head's motion is fitted to them alone: MediaPipe's own transform also weighs the cheeks and the sides
+# of the nose, which a smile raises, so the photo look's head rose with every smile on top of the smile itself (1.3x
+# the driver's vertical motion in self-reenactment; fitted here, the landmarks' distance to the driver's 1.7 -> 1.0).
+RIGID_LANDMARKS = (33, 133, 263, 362, 168, 6, 197, 195, 10, 109, 338, 67, 297, 127, 356)
+
+
+def rigid_pose(landmarks: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """MediaPipe's canonical face fitted to the `RIGID_LANDMARKS` of a face's (478, 3) ``landmarks`` (pixels, y down,
+    z scaled like x): its rotation (3, 3; camera space, y up, z towards the camera), scale (pixels per canonical
+    centimetre) and the canonical origin's position (3,; pixels, y up)."""
+    vertices, _ = canonical_face()
+    index = list(RIGID_LANDMARKS)
+    points = np.asarray(landmarks, np.float64)[index] * np.array([1.0, -1.0, -1.0])  # MediaPipe's z grows away
+    return fit_similarity(vertices[index], points, np.ones(len(index)))
+
+
 class HeadMotion:
     """The driver's head rotation, position and size relative to its rest (the calibrated face, else the first
-    tracked frames): ``rotation, translation, scale = motion(transform, face_size, rotation, dt)`` (the fields of a
-    `realtime.head.HeadOffset`), position and size One Euro filtered.
+    tracked frames): ``rotation, translation, scale = motion(landmarks, dt)`` (the fields of a
+    `realtime.head.HeadOffset`), One Euro filtered.
 
-    ``rotation`` is the (already filtered and mirrored) head rotation of the frame; ``transform`` gives the position
-    (MediaPipe's metric estimate, centimetres), ``face_size`` the size in the image (the inter-ocular distance in
-    pixels: MediaPipe's depth estimate changes with the expression, the distance between the eyes does not).
+    Rotation and position come from the face's rigid landmarks (`rigid_pose`): the canonical origin's motion in the
+    image, in canonical centimetres (at the rest's scale). The size is the inter-ocular distance in 3D (MediaPipe's
+    depth estimate changes with the expression, the distance between the eyes does not).
     """
 
     def __init__(self, parameters: OneEuroParameters | None, mirrored: bool = False) -> None:
         self._filter = OneEuroFilter(parameters) if parameters is not None else None
-        self._flip = np.array([-1.0, 1.0, 1.0]) if mirrored else np.ones(3)
-        self._rest_rotations: list[np.ndarray] = []
-        self._rest_positions: list[np.ndarray] = []
+        self._rotation_filter = RotationFilter(parameters) if parameters is not None else None
+        self._flip = np.diag([-1.0, 1.0, 1.0]) if mirrored else np.eye(3)
+        self._rest: list[tuple[np.ndarray, np.ndarray]] = []  # (rotation, (x, y, pixels per cm, face size)) each
         self._calibrated = False
 
-    def calibrate(self, transform: np.ndarray, face_size: float, rotation: np.ndarray) -> None:
-        """Take this head pose as the rest."""
-        self._rest_rotations, self._rest_positions = [rotation], [self._position(transform, face_size)]
+    def calibrate(self, landmarks: np.ndarray) -> None:
+        """Take this face's head pose as the rest."""
+        self._rest = [self._pose(landmarks)]
         self._calibrated = True
 
     def reset_filter(self) -> None:
         if self._filter is not None:
             self._filter.reset()
+            self._rotation_filter.reset()
 
-    def _position(self, transform: np.ndarray, face_size: float) -> np.ndarray:
-        """x, y (cm) and the face's size in the image."""
-        return np.r_[np.asarray(transform[:2, 3], np.float64) * self._flip[:2], face_size]
+    def _pose(self, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The head's rotation and (x, y, pixels per canonical centimetre, face size), mirrored if asked."""
+        rotation, scale, origin = rigid_pose(landmarks)
+        position = self._flip[:2, :2] @ origin[:2]
+        return self._flip @ rotation @ self._flip, np.r_[position, scale, inter_ocular_distance(landmarks)]
 
-    def __call__(self, transform: np.ndarray, face_size: float, rotation: np.ndarray,
-                 dt: float) -> tuple[np.ndarray, np.ndarray, float]:
-        position = self._position(transform, face_size)
-        if not self._calibrated and len(self._rest_rotations) < SETTLE_FRAMES:
-            self._rest_rotations.append(rotation)
-            self._rest_positions.append(position)
-        u, _, vt = np.linalg.svd(np.mean(self._rest_rotations, axis=0))
-        rest_rotation, rest_position = u @ vt, np.mean(self._rest_positions, axis=0)
-        if rest_position[2] < 1e-6:
-            return rotation @ rest_rotation.T, np.zeros(3), 1.0
-        moved = np.r_[position[:2] - rest_position[:2], position[2] / rest_position[2]]
+    def __call__(self, landmarks: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray, float]:
+        rotation, position = self._pose(landmarks)
+        if not self._calibrated and len(self._rest) < SETTLE_FRAMES:
+            self._rest.append((rotation, position))
+        u, _, vt = np.linalg.svd(np.mean([rest[0] for rest in self._rest], axis=0))
+        rest_rotation, rest_position = u @ vt, np.mean([rest[1] for rest in self._rest], axis=0)
+        turned = rotation @ rest_rotation.T
+        if self._rotation_filter is not None:
+            turned = self._rotation_filter(turned, dt)
+        if min(rest_position[2:]) < 1e-6:
+            return turned, np.zeros(3), 1.0
+        moved = np.r_[(position[:2] - rest_position[:2]) / rest_position[2], position[3] / rest_position[3]]
         if self._filter is not None:
             moved = self._filter(moved, dt)
-        return rotation @ rest_rotation.T, np.r_[moved[:2], 0.0], float(moved[2])
+        return turned, np.r_[moved[:2], 0.0], float(moved[2])
