@@ -1,5 +1,6 @@
-"""The driver's head from MediaPipe's facial transform: its rotation, its motion relative to its resting pose, and
-where MediaPipe's canonical face (what the transform moves) sits on a head model."""
+"""The driver's head: its rotation from MediaPipe's facial transform (the head look), its motion relative to its
+resting pose from the face's rigid landmarks (the photo look), and where MediaPipe's canonical face (what both move)
+sits on a head model."""
 
 import functools
 from dataclasses import dataclass
