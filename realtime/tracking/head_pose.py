@@ -107,11 +107,12 @@ class HeadMotion:
         self._rotation_filter = RotationFilter(parameters) if parameters is not None else None
         self._flip = np.diag([-1.0, 1.0, 1.0]) if mirrored else np.eye(3)
         self._rest: list[tuple[np.ndarray, np.ndarray]] = []  # (rotation, (x, y, pixels per cm, face size)) each
+        self._rest_pose: tuple[np.ndarray, np.ndarray] | None = None  # their mean, once per change of them
         self._calibrated = False
 
     def calibrate(self, landmarks: np.ndarray) -> None:
         """Take this face's head pose as the rest."""
-        self._rest = [self._pose(landmarks)]
+        self._rest, self._rest_pose = [self._pose(landmarks)], None
         self._calibrated = True
 
     def reset_filter(self) -> None:
@@ -129,8 +130,11 @@ class HeadMotion:
         rotation, position = self._pose(landmarks)
         if not self._calibrated and len(self._rest) < SETTLE_FRAMES:
             self._rest.append((rotation, position))
-        u, _, vt = np.linalg.svd(np.mean([rest[0] for rest in self._rest], axis=0))
-        rest_rotation, rest_position = u @ vt, np.mean([rest[1] for rest in self._rest], axis=0)
+            self._rest_pose = None
+        if self._rest_pose is None:
+            u, _, vt = np.linalg.svd(np.mean([rest[0] for rest in self._rest], axis=0))
+            self._rest_pose = u @ vt, np.mean([rest[1] for rest in self._rest], axis=0)
+        rest_rotation, rest_position = self._rest_pose
         turned = rotation @ rest_rotation.T
         if self._rotation_filter is not None:
             turned = self._rotation_filter(turned, dt)
