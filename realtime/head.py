@@ -27,7 +27,9 @@ class HeadOffset:
 
 @dataclass(frozen=True, eq=False)
 class AvatarPose:
-    expression: np.ndarray  # (E,) the head's expression weights (ICT: 53 shapes; FLAME: exp, jaw and eye codes)
+    # (E,) the head's expression (ICT: 53 shape weights' changes from the avatar's rest, in [-1, 1]; FLAME: exp, jaw
+    # and eye codes)
+    expression: np.ndarray
     rotation: np.ndarray  # (3, 3) head rotation in camera space (y up, z towards the camera), for the head look
     tracked: bool  # the driver's face was found in this frame
     offset: HeadOffset = field(default_factory=HeadOffset)  # relative to the driver's rest, for the photo look

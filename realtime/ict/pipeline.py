@@ -165,7 +165,7 @@ class RetargetPipeline:
         if prepared.frame is not None:
             expression, matrix = photo_pose(prepared.identity, pose, prepared.frame)
         else:
-            expression, matrix = pose.expression, model_matrix(pose.rotation, HEAD_PIVOT)
+            expression, matrix = np.clip(pose.expression, 0.0, 1.0), model_matrix(pose.rotation, HEAD_PIVOT)
         vertices, normals = prepared.avatar.pose(expression)
         return IdentityGeometry(vertices, normals, matrix, identity=selected)
 

@@ -6,10 +6,13 @@ one-to-one copy of the scores comes out muted. `tools/calibrate_response.py` ren
 alone at a few weights (several identities) and fits the straight line of its score against its weight; saved to
 `realtime/data/ict_response.txt`. Each frame the weight is then
 
-    weight = clip((score - rest) / slope, 0, 1)
+    weight = clip((score - rest) / slope, -1, 1)
 
 where ``rest`` is the user's resting score once calibrated (the avatar's own neutral reading until then), so that
-the driver's resting face gives the avatar's neutral and a driver's full expression its full shape.
+the driver's resting face gives the avatar's rest and a driver's full expression its full shape. The weight is a
+change from the avatar's rest: the head look's rest is its neutral face (the weight is clipped at 0 after the
+temporal filter: clipped before, the filter would turn the noise around the rest into a constant expression); the
+photo look's is the photo's own expression, which a driver relaxing below their rest relaxes too.
 
 Only the `CORRECTED` blendshapes get a gain: the others, a plain copy. (A full linear model with the cross-talk
 between scores, solved by bounded least squares, was tried: it explains a driver's open jaw by other shapes' side
@@ -83,5 +86,6 @@ class ResponseModel:
         return np.where(corrected, 1.0 / np.where(corrected, slope, 1.0), 1.0)
 
     def weights(self, departure: np.ndarray, pitch: float = 0.0) -> np.ndarray:
-        """(51,) the driver's scores minus their rest -> (51,) blendshape weights in [0, 1]."""
-        return np.clip(departure * self.gains(pitch), 0.0, 1.0)
+        """(51,) the driver's scores minus their rest -> (51,) changes of the blendshape weights from the avatar's
+        rest, in [-1, 1] (below 0: the driver relaxes a shape their rest holds)."""
+        return np.clip(departure * self.gains(pitch), -1.0, 1.0)

@@ -80,7 +80,7 @@ class Retargeter:
             flip = np.diag([-1.0, 1.0, 1.0])
             rotation = flip @ rotation @ flip
         weights = self._response.weights(face.blendshapes - self._rest, head_pitch(rotation))
-        expression = np.clip(self._matrix @ weights, 0.0, 1.0).astype(np.float32)
+        expression = np.clip(self._matrix @ weights, -1.0, 1.0).astype(np.float32)  # from the avatar's rest
         return AvatarPose(expression, rotation, tracked=True)
 
     def filtered(self, pose: AvatarPose, dt: float) -> AvatarPose:
