@@ -113,6 +113,35 @@ def test_the_mouth_opens_with_the_jaw_and_shows_teeth(photo_pipeline, image_trac
     assert (mouth.max(axis=1) < 80).sum() >= 20, "a dark mouth interior"
 
 
+def test_a_driver_relaxing_below_their_rest_relaxes_the_photos_smile(assets, gl_context, image_tracker) -> None:
+    """The photo smiles; the driver's rest is taken smiling too, then the driver relaxes (a neutral face): the photo's
+    smile relaxes with them. (Changes below the rest were cut at 0, and the photo kept its smile whatever the driver
+    did: self-reenactment's brows and smiles stuck at the identity frame's.)"""
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.ict.retarget import RetargetOptions
+    from realtime.io.clips import open_video
+    from realtime.io.images import read_image
+    from realtime.rendering.renderer import RenderOptions
+
+    identity = media("pyfeat_0-f15-hao-ph.jpg")
+    smiling = image_tracker.track(read_image(identity))
+    relaxed = image_tracker.track(next(iter(open_video(media("pyfeat_single_face.mp4")))).image)
+    options = PipelineOptions(identity=identity, look="photo", render=RenderOptions(size=(480, 360)),
+                              retarget=RetargetOptions(head_pose=False))  # two photos: the heads are not comparable
+    pipeline = RetargetPipeline.create(options, gl_context)
+    try:
+        pipeline.calibrate_neutral(smiling)
+        at_rest = image_tracker.track(pipeline.render_pose(pipeline.pose(smiling, 1 / 30)))
+        for _ in range(15):  # past the temporal filter
+            pose = pipeline.pose(relaxed, 1 / 30)
+        output = image_tracker.track(pipeline.render_pose(pose))
+    finally:
+        pipeline.close()
+    for side in ("Left", "Right"):
+        assert at_rest.blendshape(f"mouthSmile{side}") > 0.6
+        assert output.blendshape(f"mouthSmile{side}") < 0.2, "the photo's smile relaxes with the driver"
+
+
 def test_no_seam_where_the_face_meets_the_photo(photo_pipeline, image_tracker, webcam_photo) -> None:
     """A horizontal profile across the cheek's outline, with the head turned: no step where the rendered face ends."""
     photo = webcam_photo[1]

@@ -48,6 +48,17 @@ def test_neutral_calibration_removes_the_resting_expression(ict_model, smiling_f
     assert smile(ict_model, retargeter.target(smiling_face)) > 0.5
 
 
+def test_relaxing_below_the_rest_is_a_negative_change(ict_model, smiling_face, image_tracker) -> None:
+    """Weights are changes from the avatar's rest: a driver whose rest smiles and who then relaxes asks for less smile
+    than the rest (the photo look takes it off the photo's own smile; the head look, at its neutral, clips it)."""
+    from realtime.io.clips import open_video
+
+    relaxed = image_tracker.track(next(iter(open_video(media("pyfeat_single_face.mp4")))).image)
+    retargeter = Retargeter(ict_model.expression_names)
+    retargeter.calibrate_neutral(smiling_face)
+    assert smile(ict_model, retargeter.target(relaxed)) < -0.5
+
+
 def test_rotate_toward_follows_the_shortest_arc() -> None:
     c, s = np.cos(np.radians(40)), np.sin(np.radians(40))
     target = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
