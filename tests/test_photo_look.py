@@ -215,6 +215,30 @@ def rest_output(gl_context, photo: str, size: tuple[int, int]) -> tuple[np.ndarr
         pipeline.close()
 
 
+def test_a_photo_smaller_than_the_output_is_drawn_at_its_own_resolution(assets, gl_context) -> None:
+    """The astronaut (512 x 512) framed for 1280 x 720 is enlarged 2.5 times: drawn at its own 512 x 288 pixels (a
+    sixth of the output's, which the software rasteriser pays for without a detail more) and enlarged; at rest the
+    output is still the photo framed at the output's size. A photo larger than the output is drawn at the output's."""
+    from realtime.compositing.photo_look import build_photo_layers, drawing_size
+    from realtime.ict.pipeline import PipelineOptions, RetargetPipeline
+    from realtime.io.images import read_image
+    from realtime.rendering.renderer import RenderOptions
+
+    photo = read_image(media("skimage_astronaut.png"), "photo")
+    pipeline = RetargetPipeline.create(PipelineOptions(identity=media("skimage_astronaut.png"), look="photo",
+                                                       render=RenderOptions(size=(1280, 720))), gl_context)
+    try:
+        view = pipeline.identity.photo_view
+        assert pipeline.renderer.size == (512, 288)
+        rest = pipeline.render_pose(pipeline.neutral_pose())
+    finally:
+        pipeline.close()
+    framed = build_photo_layers(photo, view.person, view.landmarks, (1280, 720)).photo
+    assert rest.shape == framed.shape == (720, 1280, 3)
+    assert ssim(rest, framed) >= 0.95
+    assert drawing_size((512, 512), view.landmarks, (320, 240)) == (320, 240)
+
+
 @pytest.mark.parametrize("photo", ["skimage_astronaut.png", "pyfeat_single_face.jpg"])
 def test_the_plate_continues_the_background_round_the_person(assets, photo) -> None:
     """Where the head moves away, the plate shows: its fill meets the background beside it without a step of colour,

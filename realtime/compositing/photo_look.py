@@ -95,14 +95,30 @@ def _fade(value: np.ndarray, start: float, end: float) -> np.ndarray:
     return 1.0 - t * t * (3.0 - 2.0 * t)
 
 
+def photo_framing(photo_size: tuple[int, int], landmarks: np.ndarray, size: tuple[int, int]) -> Framing:
+    """How a photo of ``photo_size`` (width, height) whose face has the (478, 2+) ``landmarks`` is framed for an output
+    of ``size``."""
+    eyes = (landmarks[LEFT_EYE_OUTER, :2] + landmarks[RIGHT_EYE_OUTER, :2]) / 2
+    box = (*landmarks[:, :2].min(axis=0), *landmarks[:, :2].max(axis=0))
+    return frame_photo(photo_size, eyes, inter_ocular_distance(landmarks), size, box)
+
+
+def drawing_size(photo_size: tuple[int, int], landmarks: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
+    """The size the photo look draws at for an output of ``size`` (see `photo_framing`): where the framing enlarges
+    the photo, the frame at the photo's own resolution (more pixels add no detail, and the software rasteriser pays
+    for every one), enlarged to the output once drawn; else ``size``."""
+    scale = photo_framing(photo_size, landmarks, size).scale
+    if scale <= 1.0:
+        return tuple(size)
+    return max(2, round(size[0] / scale)), max(2, round(size[1] / scale))
+
+
 def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
                        size: tuple[int, int]) -> PhotoLayers:
     """The layers of ``photo`` (H, W, 3 uint8) with its ``person`` mask (H, W) and the chosen face's (478, 2+)
     ``landmarks`` (photo pixels), framed for an output of ``size`` (width, height)."""
-    eyes = (landmarks[LEFT_EYE_OUTER, :2] + landmarks[RIGHT_EYE_OUTER, :2]) / 2
-    box = (*landmarks[:, :2].min(axis=0), *landmarks[:, :2].max(axis=0))
     photo_size = (photo.shape[1], photo.shape[0])
-    framing = frame_photo(photo_size, eyes, inter_ocular_distance(landmarks), size, box)
+    framing = photo_framing(photo_size, landmarks, size)
     person = person.astype(np.float32)
     if framing.reaches_beyond(photo_size):
         framed, person_framed = _extended(photo, person, landmarks, framing)

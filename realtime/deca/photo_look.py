@@ -15,6 +15,7 @@ import numpy as np
 from realtime.compositing.photo_look import (
     PhotoLook,
     build_photo_layers,
+    drawing_size,
     face_attributes,
     ortho_camera,
     photo_model_matrix,
@@ -91,7 +92,7 @@ def photo_look_renderer(ctx: moderngl.Context, template: HeadTemplate, faces: np
                         options: RenderOptions) -> tuple[AvatarRenderer, MouthCavity | None]:
     """A renderer drawing the FLAME head (``rest_vertices``/``rest_normals`` (N, 3) as the photo shows it) into its
     framed ``photo``, and the mouth cavity its geometry must carry (`with_cavity`)."""
-    size = options.size
+    size = drawing_size((photo.shape[1], photo.shape[0]), view.landmarks, options.size)
     layers = build_photo_layers(photo, view.person, view.landmarks, size)
     photo_projection = view.projection
     projection = layers.framing.projection(photo_projection)
@@ -133,7 +134,7 @@ def photo_look_renderer(ctx: moderngl.Context, template: HeadTemplate, faces: np
     camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     renderer = AvatarRenderer(ctx, mesh, albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
-                              camera=camera, photo=layers.photo, underlay=look)
+                              camera=camera, photo=layers.photo, underlay=look, draw_size=size)
     return renderer, cavity
 
 

@@ -16,6 +16,7 @@ from realtime.compositing.photo_look import (
     PhotoLook,
     build_photo_layers,
     distance_inside,
+    drawing_size,
     face_attributes,
     ortho_camera,
     photo_model_matrix,
@@ -67,7 +68,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
                         photo: np.ndarray, options: RenderOptions) -> AvatarRenderer:
     """A renderer drawing ``identity``'s head into its framed ``photo`` (H, W, 3 uint8) at ``options.size``."""
     view = identity.photo_view
-    size = options.size
+    size = drawing_size((photo.shape[1], photo.shape[0]), view.landmarks, options.size)
     layers = build_photo_layers(photo, view.person, view.landmarks, size)
     projection = layers.framing.projection(view.projection())
     vertices, normals = avatar.pose(view.expression)
@@ -114,7 +115,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     return AvatarRenderer(ctx, mesh, identity.albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
-                          camera=camera, photo=layers.photo, underlay=look)
+                          camera=camera, photo=layers.photo, underlay=look, draw_size=size)
 
 
 def lip_color(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

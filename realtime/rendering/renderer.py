@@ -155,7 +155,8 @@ class AvatarRenderer:
 
     The camera is a perspective one framing the head (`RenderOptions`), or ``camera``, a (4, 4) model -> clip
     matrix (the photo look's view through the photo's own camera, with ``photo`` its framed photo and ``underlay``
-    its moving layer).
+    its moving layer). ``draw_size`` (width, height) draws fewer pixels than the output has, enlarged to
+    ``options.size`` afterwards (the photo look draws a photo smaller than the output at the photo's own resolution).
     """
 
     def __init__(
@@ -168,11 +169,13 @@ class AvatarRenderer:
         camera: np.ndarray | None = None,
         photo: np.ndarray | None = None,
         underlay: Underlay | None = None,
+        draw_size: tuple[int, int] | None = None,
     ) -> None:
         self.ctx = ctx
         self.mesh = mesh = _drawn_only(mesh)
         self.options = options
-        width, height = options.size
+        self.size: tuple[int, int] = tuple(draw_size or options.size)  # what is drawn; options.size: the output
+        width, height = self.size
         if options.lighting not in LIGHTING_MODES:
             raise ValueError(f"lighting must be one of {LIGHTING_MODES}, got {options.lighting!r}")
         self._positions = ctx.buffer(reserve=len(mesh.render_vertex) * 12, dynamic=True)
@@ -286,11 +289,19 @@ class AvatarRenderer:
         self._normal_map = texture
 
     def render(self, vertices: np.ndarray, normals: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
-        """Model-space ``vertices`` and ``normals`` (N, 3), a (4, 4) model matrix -> (H, W, 3) uint8 RGB image.
+        """Model-space ``vertices`` and ``normals`` (N, 3), a (4, 4) model matrix -> (H, W, 3) uint8 RGB image of the
+        output's size.
 
         Only the region that can differ from the still frame (the background and the underlay's still parts,
         composed once) is drawn, anti-aliased and read back: the avatar's box and the underlay's moving parts.
         """
+        frame = self._render_drawn(vertices, normals, model_matrix)
+        if self.size == tuple(self.options.size):
+            return frame
+        return cv2.resize(frame, tuple(self.options.size), interpolation=cv2.INTER_LINEAR)
+
+    def _render_drawn(self, vertices: np.ndarray, normals: np.ndarray, model_matrix: np.ndarray | None) -> np.ndarray:
+        """`render` at the drawn size."""
         index = self.mesh.render_vertex
         self._positions.write(np.take(vertices, index, axis=0).astype(np.float32, copy=False))  # take: 4x [index]
         self._normals.write(np.take(normals, index, axis=0).astype(np.float32, copy=False))
@@ -305,7 +316,7 @@ class AvatarRenderer:
             changed = union_box(changed, self._underlay.moving_box(model))
         if self._fxaa is not None:
             changed = union_box(changed, grow_box(sharp, FXAA_REACH))  # the pass reads around what it smooths
-        changed = clip_box(np.array(changed).reshape(2, 2), self.options.size, margin=0) if changed else None
+        changed = clip_box(np.array(changed).reshape(2, 2), self.size, margin=0) if changed else None
         frame = self._still.copy()
         if changed is None:
             return frame
@@ -327,7 +338,7 @@ class AvatarRenderer:
 
     def _like_draw_target(self) -> moderngl.Framebuffer:
         """A framebuffer of the draw target's size, samples and formats: one can be copied into the other."""
-        size = self.options.size
+        size = self.size
         if not self._samples:
             return self.ctx.framebuffer([self.ctx.texture(size, 4)], self.ctx.depth_renderbuffer(size))
         return self.ctx.framebuffer([self.ctx.renderbuffer(size, 4, samples=self._samples)],
@@ -383,13 +394,13 @@ class AvatarRenderer:
     def _render_still(self, background_image: np.ndarray | None, quad: moderngl.Buffer) -> np.ndarray:
         """Draw the still frame into the still target: ``background_image`` (any size, else the background colour)
         and the underlay's still parts. Returns it, (H, W, 3) uint8: what every frame shows outside the box."""
-        width, height = self.options.size
+        width, height = self.size
         target = self._still_target
         target.use()
         self.ctx.clear(*self.options.background, 1.0)
         self.ctx.disable(moderngl.DEPTH_TEST | moderngl.CULL_FACE)
         if background_image is not None:
-            texture = texture_from_image(self.ctx, _resized(background_image, self.options.size), mipmaps=False)
+            texture = texture_from_image(self.ctx, _resized(background_image, self.size), mipmaps=False)
             program = load_program(self.ctx, "background")
             vao = self.ctx.vertex_array(program, [(quad, "2f", "in_position")])
             texture.use(0)
@@ -411,7 +422,7 @@ class AvatarRenderer:
         x0, y0, x1, y1 = box
         if x1 <= x0 or y1 <= y0:
             return
-        height = self.options.size[1]
+        height = self.size[1]
         # RGBA, the framebuffer's own format, is a plain copy for the software rasteriser, which converts to RGB pixel
         # by pixel (3x slower); OpenCV flips the rows and drops alpha into the frame in SIMD, without the GIL
         rgba = np.empty((y1 - y0, x1 - x0, 4), np.uint8)
@@ -423,19 +434,23 @@ class AvatarRenderer:
         columns = np.ascontiguousarray(vertices.T)  # numpy reduces (N, 3) along axis 0 forty times slower
         low, high = columns.min(axis=1), columns.max(axis=1)
         corners = np.array(np.meshgrid(*zip(low, high, strict=True))).reshape(3, -1).T
-        return clip_box(self.project(corners, model), self.options.size, margin=2)
+        return clip_box(self._project(corners, model), self.size, margin=2)
 
     def _gl_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """GL scissor box (x, y from the bottom, width, height) of a pixel box."""
         x0, y0, x1, y1 = box
-        return x0, self.options.size[1] - y1, x1 - x0, y1 - y0
+        return x0, self.size[1] - y1, x1 - x0, y1 - y0
 
     def project(self, points: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
         """Pixel coordinates (x right, y down) of model-space ``points`` (K, 3) in the rendered image."""
+        return self._project(points, model_matrix) * (np.array(self.options.size) / np.array(self.size))
+
+    def _project(self, points: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
+        """`project` into the drawn image."""
         model = np.eye(4, dtype=np.float32) if model_matrix is None else model_matrix
         homogeneous = np.c_[points, np.ones(len(points))] @ (self.view_projection @ model).T
         ndc = homogeneous[:, :2] / homogeneous[:, 3:]
-        width, height = self.options.size
+        width, height = self.size
         return np.c_[(ndc[:, 0] + 1) / 2 * width, (1 - ndc[:, 1]) / 2 * height]
 
     def release(self) -> None:
