@@ -95,7 +95,8 @@ WARMUP = 10  # frames run but left out of the stage and tracker-alone figures
 STAGES = ("decode", "track", "retarget", "geometry", "render")
 SLOW_STAGE_MS = 30.0  # a stage above this alone cannot keep 30 frames/s: flagged in the report
 BUSY_CORES = 0.2  # other processes' load above which the report warns that the figures are disturbed
-THREAD_SETTINGS = ("OPENBLAS_NUM_THREADS", "LP_NUM_THREADS")  # environment variables that set the libraries' threads
+# environment variables that set the libraries' threads
+THREAD_SETTINGS = ("OPENBLAS_NUM_THREADS", "OPENCV_FOR_THREADS_NUM", "LP_NUM_THREADS")
 
 T = TypeVar("T")
 
