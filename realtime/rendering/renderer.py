@@ -442,7 +442,7 @@ class AvatarRenderer:
         return x0, self.size[1] - y1, x1 - x0, y1 - y0
 
     def project(self, points: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
-        """Pixel coordinates (x right, y down) of model-space ``points`` (K, 3) in the rendered image."""
+        """Pixel coordinates (x right, y down) of model-space ``points`` (K, 3) in the output image."""
         return self._project(points, model_matrix) * (np.array(self.options.size) / np.array(self.size))
 
     def _project(self, points: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
