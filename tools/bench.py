@@ -536,6 +536,7 @@ def bench_size(args: argparse.Namespace, ctx: Any, size: tuple[int, int], folder
         start = time.perf_counter()
         pipeline = create_pipeline(args.identity, size, look, ctx)
         create_s = time.perf_counter() - start
+        drawn = list(pipeline.renderer.size)  # the photo look draws a smaller photo at its own resolution
         try:
             stages, rendered = time_stages(pipeline, driver, clip.fps)
         finally:
@@ -543,7 +544,7 @@ def bench_size(args: argparse.Namespace, ctx: Any, size: tuple[int, int], folder
         encode = time_encoder(rendered, clip.fps, folder / f"encoder-{look}.mp4")
         del rendered  # up to a few hundred megabytes at 720p
         sequential_ms = sum(stats["median_ms"] for stats in stages["stages"].values())
-        looks[look] = {"pipeline_create_s": create_s, **stages, "encode": encode,
+        looks[look] = {"pipeline_create_s": create_s, "drawn_size": drawn, **stages, "encode": encode,
                        "sequential_estimate": {"ms_per_frame": sequential_ms, "fps": 1000 / sequential_ms}}
 
     frames = decode_all(driver)
@@ -637,7 +638,8 @@ def format_look(name: str, look: str, result: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"{name} {look}: stages one at a time over {run['frames'] - WARMUP} frames after {WARMUP} warm-up, face "
-        f"found in {run['frames_with_face']}/{run['frames']}; pipeline set-up {figures['pipeline_create_s']:.2f} s",
+        f"found in {run['frames_with_face']}/{run['frames']}; pipeline set-up {figures['pipeline_create_s']:.2f} s; "
+        f"drawn at {size_name(tuple(figures['drawn_size']))}",
         f"{'stage':<16}{'median ms':>10}{'p95 ms':>9}{'cores':>7}",
     ]
     for stage, stats in figures["stages"].items():
