@@ -120,7 +120,17 @@ def frame_photo(photo_size: tuple[int, int], eye_centre: np.ndarray, inter_ocula
     x0 = _place(x0, crop_width, photo_width, bx0 - room, bx1 + room)
     y0 = _place(y0, crop_height, photo_height, by0 - room, by1 + room)
     scale = height / crop_height
+    if scale > 1.0:  # an enlarged photo's crop starts on a whole pixel: drawn at its own resolution, copied as it is
+        x0, y0 = _whole_pixel(x0, crop_width, photo_width), _whole_pixel(y0, crop_height, photo_height)
     return Framing(size=(width, height), scale=scale, offset=np.array([-x0 * scale, -y0 * scale]))
+
+
+def _whole_pixel(start: float, length: float, limit: float) -> float:
+    """``start`` rounded to a whole pixel, towards the inside of [0, limit] if [start, start + length] lies in it."""
+    rounded = float(np.round(start))
+    if 0.0 <= start and start + length <= limit:
+        rounded = float(np.clip(rounded, 0.0, np.floor(limit - length)))
+    return rounded
 
 
 def _place(ideal: float, length: float, limit: float, low: float, high: float) -> float:

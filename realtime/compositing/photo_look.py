@@ -30,7 +30,7 @@ from realtime.compositing.framing import Framing, frame_photo
 from realtime.geometry.fitting import inter_ocular_distance
 from realtime.head import HeadOffset
 from realtime.rendering.photo_texture import pull_push_fill
-from realtime.rendering.renderer import load_program, texture_from_image
+from realtime.rendering.renderer import drawn_size, load_program, texture_from_image
 from realtime.tracking.head_pose import CanonicalFrame
 from realtime.tracking.landmarks import FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 
@@ -103,22 +103,21 @@ def photo_framing(photo_size: tuple[int, int], landmarks: np.ndarray, size: tupl
     return frame_photo(photo_size, eyes, inter_ocular_distance(landmarks), size, box)
 
 
-def drawing_size(photo_size: tuple[int, int], landmarks: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
-    """The size the photo look draws at for an output of ``size`` (see `photo_framing`): where the framing enlarges
-    the photo, the frame at the photo's own resolution (more pixels add no detail, and the software rasteriser pays
-    for every one), enlarged to the output once drawn; else ``size``."""
-    scale = photo_framing(photo_size, landmarks, size).scale
-    if scale <= 1.0:
-        return tuple(size)
-    return max(2, round(size[0] / scale)), max(2, round(size[1] / scale))
+def drawing_framing(framing: Framing) -> Framing:
+    """The framing the photo look draws with for an output framed by ``framing``: where that enlarges the photo, the
+    same crop at the photo's own resolution, its pixels copied as they are (more pixels add no detail, and the software
+    rasteriser pays for every one), enlarged ``framing.scale`` times to the output once drawn; else ``framing``."""
+    if framing.scale <= 1.0:
+        return framing
+    return Framing(size=drawn_size(framing.size, framing.scale), scale=1.0, offset=framing.offset / framing.scale)
 
 
 def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
-                       size: tuple[int, int]) -> PhotoLayers:
+                       framing: Framing) -> PhotoLayers:
     """The layers of ``photo`` (H, W, 3 uint8) with its ``person`` mask (H, W) and the chosen face's (478, 2+)
-    ``landmarks`` (photo pixels), framed for an output of ``size`` (width, height)."""
+    ``landmarks`` (photo pixels), framed by ``framing`` (`photo_framing`, or `drawing_framing` of it)."""
     photo_size = (photo.shape[1], photo.shape[0])
-    framing = photo_framing(photo_size, landmarks, size)
+    size = framing.size
     person = person.astype(np.float32)
     if framing.reaches_beyond(photo_size):
         framed, person_framed = _extended(photo, person, landmarks, framing)

@@ -15,9 +15,10 @@ import numpy as np
 from realtime.compositing.photo_look import (
     PhotoLook,
     build_photo_layers,
-    drawing_size,
+    drawing_framing,
     face_attributes,
     ortho_camera,
+    photo_framing,
     photo_model_matrix,
     rest_depth,
 )
@@ -92,8 +93,10 @@ def photo_look_renderer(ctx: moderngl.Context, template: HeadTemplate, faces: np
                         options: RenderOptions) -> tuple[AvatarRenderer, MouthCavity | None]:
     """A renderer drawing the FLAME head (``rest_vertices``/``rest_normals`` (N, 3) as the photo shows it) into its
     framed ``photo``, and the mouth cavity its geometry must carry (`with_cavity`)."""
-    size = drawing_size((photo.shape[1], photo.shape[0]), view.landmarks, options.size)
-    layers = build_photo_layers(photo, view.person, view.landmarks, size)
+    framing = photo_framing((photo.shape[1], photo.shape[0]), view.landmarks, options.size)
+    drawing = drawing_framing(framing)  # a photo smaller than the output: at its own resolution
+    layers = build_photo_layers(photo, view.person, view.landmarks, drawing)
+    size = drawing.size
     photo_projection = view.projection
     projection = layers.framing.projection(photo_projection)
     depth_map, covered = rest_depth(ctx, rest_vertices, faces, projection, size)
@@ -134,7 +137,8 @@ def photo_look_renderer(ctx: moderngl.Context, template: HeadTemplate, faces: np
     camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     renderer = AvatarRenderer(ctx, mesh, albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
-                              camera=camera, photo=layers.photo, underlay=look, draw_size=size)
+                              camera=camera, photo=layers.photo, underlay=look,
+                              draw_scale=framing.scale / drawing.scale)
     return renderer, cavity
 
 

@@ -16,9 +16,10 @@ from realtime.compositing.photo_look import (
     PhotoLook,
     build_photo_layers,
     distance_inside,
-    drawing_size,
+    drawing_framing,
     face_attributes,
     ortho_camera,
+    photo_framing,
     photo_model_matrix,
     rest_depth,
 )
@@ -68,8 +69,10 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
                         photo: np.ndarray, options: RenderOptions) -> AvatarRenderer:
     """A renderer drawing ``identity``'s head into its framed ``photo`` (H, W, 3 uint8) at ``options.size``."""
     view = identity.photo_view
-    size = drawing_size((photo.shape[1], photo.shape[0]), view.landmarks, options.size)
-    layers = build_photo_layers(photo, view.person, view.landmarks, size)
+    framing = photo_framing((photo.shape[1], photo.shape[0]), view.landmarks, options.size)
+    drawing = drawing_framing(framing)  # a photo smaller than the output: at its own resolution
+    layers = build_photo_layers(photo, view.person, view.landmarks, drawing)
+    size = drawing.size
     projection = layers.framing.projection(view.projection())
     vertices, normals = avatar.pose(view.expression)
     mesh = build_avatar_mesh(model, identity.iris_color, simplified=SIMPLIFIED, kept_whole=KEPT_WHOLE_HERE)
@@ -115,7 +118,8 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     return AvatarRenderer(ctx, mesh, identity.albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
-                          camera=camera, photo=layers.photo, underlay=look, draw_size=size)
+                          camera=camera, photo=layers.photo, underlay=look,
+                          draw_scale=framing.scale / drawing.scale)
 
 
 def lip_color(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

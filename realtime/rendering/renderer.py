@@ -155,8 +155,8 @@ class AvatarRenderer:
 
     The camera is a perspective one framing the head (`RenderOptions`), or ``camera``, a (4, 4) model -> clip
     matrix (the photo look's view through the photo's own camera, with ``photo`` its framed photo and ``underlay``
-    its moving layer). ``draw_size`` (width, height) draws fewer pixels than the output has, enlarged to
-    ``options.size`` afterwards (the photo look draws a photo smaller than the output at the photo's own resolution).
+    its moving layer). ``draw_scale`` > 1 draws that many times fewer pixels across than the output has
+    (`drawn_size`) and enlarges them to ``options.size`` (the photo look draws a small photo at its own resolution).
     """
 
     def __init__(
@@ -169,12 +169,13 @@ class AvatarRenderer:
         camera: np.ndarray | None = None,
         photo: np.ndarray | None = None,
         underlay: Underlay | None = None,
-        draw_size: tuple[int, int] | None = None,
+        draw_scale: float = 1.0,
     ) -> None:
         self.ctx = ctx
         self.mesh = mesh = _drawn_only(mesh)
         self.options = options
-        self.size: tuple[int, int] = tuple(draw_size or options.size)  # what is drawn; options.size: the output
+        self.size = drawn_size(options.size, draw_scale)  # what is drawn; options.size: the output
+        self._enlargement = np.array([[draw_scale, 0.0, 0.0], [0.0, draw_scale, 0.0]])
         width, height = self.size
         if options.lighting not in LIGHTING_MODES:
             raise ValueError(f"lighting must be one of {LIGHTING_MODES}, got {options.lighting!r}")
@@ -298,7 +299,9 @@ class AvatarRenderer:
         frame = self._render_drawn(vertices, normals, model_matrix)
         if self.size == tuple(self.options.size):
             return frame
-        return cv2.resize(frame, tuple(self.options.size), interpolation=cv2.INTER_LINEAR)
+        # output pixel X shows drawn pixel X / scale, as `realtime.compositing.framing` maps the photo to the frame
+        return cv2.warpAffine(frame, self._enlargement, tuple(self.options.size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
 
     def _render_drawn(self, vertices: np.ndarray, normals: np.ndarray, model_matrix: np.ndarray | None) -> np.ndarray:
         """`render` at the drawn size."""
@@ -443,7 +446,8 @@ class AvatarRenderer:
 
     def project(self, points: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
         """Pixel coordinates (x right, y down) of model-space ``points`` (K, 3) in the output image."""
-        return self._project(points, model_matrix) * (np.array(self.options.size) / np.array(self.size))
+        scale = self._enlargement[0, 0]  # pixel centres (i + 0.5) map as the enlargement maps pixels i
+        return (self._project(points, model_matrix) - 0.5) * scale + 0.5
 
     def _project(self, points: np.ndarray, model_matrix: np.ndarray | None = None) -> np.ndarray:
         """`project` into the drawn image."""
@@ -490,6 +494,11 @@ _NATIVE_GL_FINISH = native_gl_finish()
 def _finish_without_gil() -> None:
     if _NATIVE_GL_FINISH is not None:
         _NATIVE_GL_FINISH()
+
+
+def drawn_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The size drawn for an output of ``size`` (width, height) enlarged ``scale`` times from it: enough to cover it."""
+    return tuple(int(np.ceil(length / scale - 1e-6)) for length in size)
 
 
 def clip_box(points: np.ndarray, size: tuple[int, int], margin: int) -> Box | None:
