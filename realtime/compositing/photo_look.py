@@ -112,6 +112,15 @@ def drawing_framing(framing: Framing) -> Framing:
     return Framing(size=drawn_size(framing.size, framing.scale), scale=1.0, offset=framing.offset / framing.scale)
 
 
+def drawn_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
+                       size: tuple[int, int]) -> tuple[PhotoLayers, float]:
+    """The layers the photo look draws for an output of ``size`` (see `build_photo_layers`), framed by
+    `drawing_framing`, and how many times the drawn frame is enlarged to the output (the renderer's ``draw_scale``)."""
+    framing = photo_framing((photo.shape[1], photo.shape[0]), landmarks, size)
+    drawing = drawing_framing(framing)
+    return build_photo_layers(photo, person, landmarks, drawing), framing.scale / drawing.scale
+
+
 def build_photo_layers(photo: np.ndarray, person: np.ndarray, landmarks: np.ndarray,
                        framing: Framing) -> PhotoLayers:
     """The layers of ``photo`` (H, W, 3 uint8) with its ``person`` mask (H, W) and the chosen face's (478, 2+)

@@ -14,11 +14,9 @@ import numpy as np
 
 from realtime.compositing.photo_look import (
     PhotoLook,
-    build_photo_layers,
-    drawing_framing,
+    drawn_photo_layers,
     face_attributes,
     ortho_camera,
-    photo_framing,
     photo_model_matrix,
     rest_depth,
 )
@@ -93,10 +91,8 @@ def photo_look_renderer(ctx: moderngl.Context, template: HeadTemplate, faces: np
                         options: RenderOptions) -> tuple[AvatarRenderer, MouthCavity | None]:
     """A renderer drawing the FLAME head (``rest_vertices``/``rest_normals`` (N, 3) as the photo shows it) into its
     framed ``photo``, and the mouth cavity its geometry must carry (`with_cavity`)."""
-    framing = photo_framing((photo.shape[1], photo.shape[0]), view.landmarks, options.size)
-    drawing = drawing_framing(framing)  # a photo smaller than the output: at its own resolution
-    layers = build_photo_layers(photo, view.person, view.landmarks, drawing)
-    size = drawing.size
+    layers, enlargement = drawn_photo_layers(photo, view.person, view.landmarks, options.size)
+    size = layers.framing.size  # a photo smaller than the output is drawn at its own resolution
     photo_projection = view.projection
     projection = layers.framing.projection(photo_projection)
     depth_map, covered = rest_depth(ctx, rest_vertices, faces, projection, size)
@@ -138,7 +134,7 @@ def photo_look_renderer(ctx: moderngl.Context, template: HeadTemplate, faces: np
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     renderer = AvatarRenderer(ctx, mesh, albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
                               camera=camera, photo=layers.photo, underlay=look,
-                              draw_scale=framing.scale / drawing.scale)
+                              draw_scale=enlargement)
     return renderer, cavity
 
 

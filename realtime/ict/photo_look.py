@@ -14,12 +14,10 @@ import numpy as np
 from realtime.compositing.photo_look import (
     SHARP_FEATHER,
     PhotoLook,
-    build_photo_layers,
     distance_inside,
-    drawing_framing,
+    drawn_photo_layers,
     face_attributes,
     ortho_camera,
-    photo_framing,
     photo_model_matrix,
     rest_depth,
 )
@@ -69,10 +67,8 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
                         photo: np.ndarray, options: RenderOptions) -> AvatarRenderer:
     """A renderer drawing ``identity``'s head into its framed ``photo`` (H, W, 3 uint8) at ``options.size``."""
     view = identity.photo_view
-    framing = photo_framing((photo.shape[1], photo.shape[0]), view.landmarks, options.size)
-    drawing = drawing_framing(framing)  # a photo smaller than the output: at its own resolution
-    layers = build_photo_layers(photo, view.person, view.landmarks, drawing)
-    size = drawing.size
+    layers, enlargement = drawn_photo_layers(photo, view.person, view.landmarks, options.size)
+    size = layers.framing.size  # a photo smaller than the output is drawn at its own resolution
     projection = layers.framing.projection(view.projection())
     vertices, normals = avatar.pose(view.expression)
     mesh = build_avatar_mesh(model, identity.iris_color, simplified=SIMPLIFIED, kept_whole=KEPT_WHOLE_HERE)
@@ -119,7 +115,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
     return AvatarRenderer(ctx, mesh, identity.albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
                           camera=camera, photo=layers.photo, underlay=look,
-                          draw_scale=framing.scale / drawing.scale)
+                          draw_scale=enlargement)
 
 
 def lip_color(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
