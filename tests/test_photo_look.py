@@ -113,6 +113,36 @@ def test_the_mouth_opens_with_the_jaw_and_shows_teeth(photo_pipeline, image_trac
     assert (mouth.max(axis=1) < 80).sum() >= 20, "a dark mouth interior"
 
 
+def test_the_chin_drops_with_the_jaw_and_the_hair_stays_when_the_brows_rise(
+    photo_pipeline, image_tracker, webcam_photo
+) -> None:
+    """The face fades into the photo at its outline: the photo's own chin there must go down with the jaw, not stay
+    where it was while the mouth opens above it (MediaPipe then saw a quarter of the head's chin drop, and an open
+    mouth as a third less open); above the eyes the outline is the hairline, which stays on the skull."""
+    from realtime.ict.landmark_map import LandmarkMap
+
+    model, renderer = photo_pipeline.model, photo_pipeline.renderer
+
+    def model_chin(expression: np.ndarray) -> np.ndarray:
+        geometry = photo_pipeline.geometry(AvatarPose(expression, np.eye(3), True))
+        return renderer.project(LandmarkMap.load().points(geometry.vertices)[[CHIN]], geometry.model_matrix)[0]
+
+    rest, jaw = neutral_weights(model), neutral_weights(model, jawOpen=0.7)
+    drop = model_chin(jaw)[1] - model_chin(rest)[1]
+    assert drop > 8, "the head model's chin goes down"
+    seen = image_tracker.track(posed(photo_pipeline, jaw)).landmarks[CHIN, 1]
+    seen_rest = image_tracker.track(posed(photo_pipeline, rest)).landmarks[CHIN, 1]
+    assert seen - seen_rest >= 0.7 * drop, f"the chin seen dropped {seen - seen_rest:.1f} px of the head's {drop:.1f}"
+
+    face = image_tracker.track(webcam_photo[1])
+    top, chin = face.landmarks[FOREHEAD, :2], face.landmarks[CHIN, :2]
+    hairline = (top + (top - chin) * 0.12).astype(int)  # within reach of the face's outline (following, 1.1 levels)
+    patch = np.s_[hairline[1] - 4:hairline[1] + 4, hairline[0] - 30:hairline[0] + 30]
+    brows = posed(photo_pipeline, neutral_weights(model, browInnerUp_L=1.0, browInnerUp_R=1.0, browOuterUp_L=1.0,
+                                                  browOuterUp_R=1.0))
+    assert np.abs(brows[patch].astype(int) - posed(photo_pipeline)[patch]).mean() < 0.3, "the hair stayed"
+
+
 def test_a_driver_relaxing_below_their_rest_relaxes_the_photos_smile(assets, gl_context, image_tracker) -> None:
     """The photo smiles; the driver's rest is taken smiling too, then the driver relaxes (a neutral face): the photo's
     smile relaxes with them. (Changes below the rest were cut at 0, and the photo kept its smile whatever the driver

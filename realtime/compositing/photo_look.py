@@ -15,7 +15,9 @@ Per frame (`PhotoLook.draw`, called by the renderer between the plate and the fa
 lifted onto the fitted head's depth (hair and ears turn with the head, as on a shell around it), moved by the head's
 rotation, translation and scale; the face is then the head model drawn through the photo's own camera, textured
 with the photo's own pixels where the photo saw them (so at rest it lands on them), and with the model's mouth,
-teeth and eyes where it did not; its edge fades into the layer (`face_attributes`).
+teeth and eyes where it did not; its edge fades into the layer (`face_attributes`). Where it fades, the layer
+follows the face's expression (`FaceSkin`, `PhotoLook.follow`): an opening jaw carries the photo's own chin down
+over the neck, instead of fading into a chin that stays.
 """
 
 import logging
@@ -37,6 +39,7 @@ from realtime.tracking.landmarks import FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUT
 log = logging.getLogger(__name__)
 
 CHIN, FOREHEAD = 152, 10  # MediaPipe landmarks at the bottom and top of the face's midline
+NOSE_TIP = 1
 NECK_FOLLOWS = 0.05  # below the chin, in face heights: down to here the neck turns with the head
 # and from here down (the top of the shoulders) the body does not move: a head that leans and rolls carries the neck
 # and the shoulders' line a little. Measured on self-reenactment (head motion from the rigid landmarks), fading by
@@ -49,8 +52,24 @@ EDGE_FEATHER = 0.35  # inter-ocular distances: the face's rendered edge fades in
 SHARP_FEATHER = 0.05  # and eyes and mouth, over this much
 UNSEEN_SKIN_FADE = 2.0  # skin is opaque where the photo shows at least half its own colour (see `face_attributes`)
 GRID_STEP = 0.2  # inter-ocular distances between the grid's vertices
+# The layer follows the skin's expression inside the face and fades from it over this many inter-ocular distances
+# outside: the neck under an opening jaw is pressed together by the chin's drop (a full jawOpen lowers the chin by
+# about 0.3), which this spreads over twice that. Only the lower face's: from the nose tip up to the eyes it fades
+# out, for above them the outline is the hairline, and hair stays on the skull when the brows move (following the
+# forehead, it made raised brows read 30% lower in self-reenactment).
+SKIN_FOLLOW_REACH = 0.6
+SKIN_NEIGHBOURS = 6  # skin vertices whose motion a layer vertex takes, weighted by inverse squared distance
 EXTENSION_SOLVE_SIDE = 100  # pixels: the fills beyond the photo's edges are blurred, a coarse membrane will do
 DEPTH_BLUR = 0.3  # inter-ocular distances: the grid follows the head's depth, without its sharp steps
+
+
+@dataclass(frozen=True, eq=False)
+class FaceSkin:
+    """The drawn skin of the head at the photo's own expression: what the layer follows next to the face."""
+
+    vertices: np.ndarray  # (K,) int: model vertices (indices into the vertices the renderer is given)
+    rest: np.ndarray  # (K, 3) their model-space positions at the photo's expression
+    pixels: np.ndarray  # (K, 2) where the photo's camera sees them, frame pixels
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,22 +87,35 @@ class PhotoLayers:
     inside_face: np.ndarray  # (H, W) float32: each pixel's distance inside the face, pixels (see `inside_face`)
 
 
+def face_skin(render_vertex: np.ndarray, drawn_skin: np.ndarray, rest: np.ndarray, pixels: np.ndarray) -> FaceSkin:
+    """The `FaceSkin` of a head whose render vertices map to model vertices by ``render_vertex`` (R,), of which
+    ``drawn_skin`` (R,) bool are its skin and drawn; ``rest`` (N, 3) model vertices at the photo's expression,
+    ``pixels`` (R, 2) the render vertices' frame pixels."""
+    vertices, first = np.unique(render_vertex[drawn_skin], return_index=True)
+    return FaceSkin(vertices, rest[vertices].astype(np.float32), pixels[np.flatnonzero(drawn_skin)[first]])
+
+
 def head_motion_weight(landmarks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W) float32: 1 on the head, fading to 0 down the neck and far to the sides, from (478, 2) frame landmarks."""
     below, aside = face_coordinates(landmarks, size)
     return (_fade(below, NECK_FOLLOWS, NECK_STILL) * _fade(aside, SIDE_FOLLOWS, SIDE_STILL)).astype(np.float32)
 
 
-def face_coordinates(landmarks: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def face_coordinates(landmarks: np.ndarray, size: tuple[int, int],
+                     points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(H, W) each, for an image of ``size`` with the face's (478, 2) ``landmarks``: how far each pixel is below the
-    chin, in face heights (negative above it), and how far aside from the face's midline, in face widths."""
+    chin, in face heights (negative above it), and how far aside from the face's midline, in face widths. Or (K,)
+    each, for the (K, 2) ``points`` instead of every pixel."""
     width, height = size
     chin, top = landmarks[CHIN, :2], landmarks[FOREHEAD, :2]
     face_height = float(np.linalg.norm(top - chin))
     down = (chin - top) / max(face_height, 1e-6)
     right = np.array([-down[1], down[0]])
     face_width = float(np.linalg.norm(landmarks[LEFT_EYE_OUTER, :2] - landmarks[RIGHT_EYE_OUTER, :2])) * 1.6
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    if points is None:
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    else:
+        xs, ys = points[:, 0], points[:, 1]
     below = ((xs - chin[0]) * down[0] + (ys - chin[1]) * down[1]) / face_height
     aside = np.abs((xs - (chin[0] + top[0]) / 2) * right[0] + (ys - (chin[1] + top[1]) / 2) * right[1]) / face_width
     return below, aside
@@ -313,25 +345,35 @@ def distance_inside(pixels: np.ndarray, outline: np.ndarray) -> np.ndarray:
 class PhotoLook:
     """The moving layer of `PhotoLayers` on a grid lifted onto the head's depth; draws with the renderer's GL state.
 
-    ``projection`` (4, 4) model -> frame pixels and depth; ``camera`` the same into GL clip space (`ortho_camera`).
+    ``projection`` (4, 4) model -> frame pixels and depth; ``camera`` the same into GL clip space (`ortho_camera`);
+    ``skin``: the face's skin, whose expression the layer follows next to it (None: the layer moves rigidly).
     """
 
     def __init__(self, ctx: moderngl.Context, layers: PhotoLayers, projection: np.ndarray, camera: np.ndarray,
-                 depth_map: np.ndarray, covered: np.ndarray) -> None:
+                 depth_map: np.ndarray, covered: np.ndarray, skin: FaceSkin | None = None) -> None:
         self.ctx = ctx
         self.layers = layers
         positions, uv, motion, triangles = self._grid(projection, depth_map, covered)
         alpha = np.round(layers.layer * 255)
         triangles = triangles[~clear_triangles(uv[triangles], alpha > 0)]
+        followers, neighbours, weights = skin_following(uv * np.array(layers.framing.size), layers, skin)
+        follows = np.zeros(len(positions), bool)
+        follows[followers] = True
         # Still triangles first: they are drawn once, into the renderer's still frame. The moving ones opaque
         # throughout first: drawn without blending, which costs the software rasteriser a third of the layer's time.
-        moves = motion[triangles].max(axis=1) > 0.0
+        moves = (motion[triangles].max(axis=1) > 0.0) | follows[triangles].any(axis=1)
         solid = clear_triangles(uv[triangles], alpha < 255)
         triangles = np.r_[triangles[~moves], triangles[moves & solid], triangles[moves & ~solid]]
         self._counts = [3 * int(part.sum()) for part in (~moves, moves & solid, moves & ~solid)]
         moving = np.unique(triangles[self._counts[0] // 3:])
         self._moving = np.c_[positions[moving], np.ones(len(moving))]  # (M, 4) homogeneous model space at rest
         self._moving_weight = motion[moving][:, None]
+        # the skin's motion this frame, carried to the layer vertices next to the face (`follow`)
+        self._skin, self._followers = skin, followers
+        self._skin_used, neighbours = np.unique(neighbours, return_inverse=True)
+        self._neighbours, self._neighbour_weights = neighbours.reshape(weights.shape), weights[..., None]
+        self._offsets = np.zeros((len(positions), 3), np.float32)
+        self._moving_vertices = moving
         self._camera = np.asarray(camera, np.float64)
         self.program = load_program(ctx, "photo_layer")
         self.program["view_projection"].write(np.ascontiguousarray(camera, np.float32).T.tobytes())
@@ -339,11 +381,13 @@ class PhotoLook:
         rgba = np.dstack([layers.photo, np.round(layers.layer * 255).astype(np.uint8)])
         self.texture = texture_from_image(ctx, rgba, mipmaps=False)
         self._buffers = [ctx.buffer(np.ascontiguousarray(a, np.float32)) for a in (positions, uv, motion)]
+        self._offset_buffer = ctx.buffer(self._offsets, dynamic=True)
+        self._buffers.append(self._offset_buffer)
         self._index = ctx.buffer(np.ascontiguousarray(triangles, np.int32))
         self.vao = ctx.vertex_array(
             self.program,
             [(self._buffers[0], "3f", "in_position"), (self._buffers[1], "2f", "in_uv"),
-             (self._buffers[2], "1f", "in_motion")],
+             (self._buffers[2], "1f", "in_motion"), (self._offset_buffer, "3f", "in_offset")],
             self._index,
             index_element_size=4,
         )
@@ -379,6 +423,16 @@ class PhotoLook:
                                                                               corner + n_cols + 1]]
         return positions[:, :3], uv, motion, triangles
 
+    def follow(self, vertices: np.ndarray) -> None:
+        """This frame's posed head, (N, 3) model space before the head's motion: the layer next to the face takes
+        its skin's motion from the photo's expression."""
+        if self._skin is None or len(self._followers) == 0:
+            return
+        moved = vertices[self._skin.vertices[self._skin_used]] - self._skin.rest[self._skin_used]
+        offsets = (moved[self._neighbours] * self._neighbour_weights).sum(axis=1)
+        self._offsets[self._followers] = offsets
+        self._offset_buffer.write(self._offsets)
+
     def draw(self, model_matrix: np.ndarray, moving: bool) -> None:
         """Draw the triangles of the layer that move, moved by ``model_matrix`` (4, 4, model space), or those that
         never move, blended over what is drawn."""
@@ -399,8 +453,9 @@ class PhotoLook:
         """Pixels (x0, y0, x1, y1, y down) covering the moving triangles at rest and moved by ``model_matrix``."""
         if len(self._moving) == 0:
             return None
-        moved = self._moving + self._moving_weight * (self._moving @ np.asarray(model_matrix, np.float64).T
-                                                      - self._moving)
+        followed = self._moving.copy()
+        followed[:, :3] += self._offsets[self._moving_vertices]
+        moved = followed + self._moving_weight * (followed @ np.asarray(model_matrix, np.float64).T - followed)
         clip = np.r_[self._moving, moved] @ self._camera.T
         ndc = clip[:, :2] / clip[:, 3:]
         width, height = self.layers.framing.size
@@ -411,6 +466,37 @@ class PhotoLook:
     def release(self) -> None:
         for resource in (self.vao, self._index, *self._buffers, self.texture, self.program):
             resource.release()
+
+
+def skin_following(pixels: np.ndarray, layers: PhotoLayers, skin: FaceSkin | None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which of the layer's vertices at ``pixels`` (G, 2, frame) follow the skin, and how: (F,) their indices,
+    (F, SKIN_NEIGHBOURS) the skin vertices (indices into ``skin.vertices``) whose motion each takes, and the weights
+    (summing to how much it follows: 1 inside the face, fading to 0 `SKIN_FOLLOW_REACH` outside it)."""
+    none = np.zeros(0, np.int64), np.zeros((0, SKIN_NEIGHBOURS), np.int64), np.zeros((0, SKIN_NEIGHBOURS), np.float32)
+    if skin is None or len(skin.vertices) < SKIN_NEIGHBOURS:
+        return none
+    from scipy.spatial import cKDTree
+
+    width, height = layers.framing.size
+    outside = (layers.inside_face <= 0).astype(np.uint8)
+    distance_out = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    x = np.clip(np.round(pixels[:, 0] - 0.5).astype(int), 0, width - 1)
+    y = np.clip(np.round(pixels[:, 1] - 0.5).astype(int), 0, height - 1)
+    within = (pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
+    below_chin, _ = face_coordinates(layers.landmarks, (width, height), pixels)
+    nose, *eyes = face_coordinates(layers.landmarks, (width, height),
+                                   layers.landmarks[[NOSE_TIP, RIGHT_EYE_OUTER, LEFT_EYE_OUTER], :2])[0]
+    lower_face = _fade(-below_chin, -nose, -np.mean(eyes))
+    amount = np.where(within, _fade(distance_out[y, x], 0.0, SKIN_FOLLOW_REACH * layers.inter_ocular), 0.0)
+    amount *= lower_face
+    followers = np.flatnonzero(amount > 1e-3)
+    if len(followers) == 0:
+        return none
+    distances, neighbours = cKDTree(skin.pixels).query(pixels[followers], k=SKIN_NEIGHBOURS)
+    weights = 1.0 / np.maximum(distances, 0.5) ** 2
+    weights *= (amount[followers] / weights.sum(axis=1))[:, None]
+    return followers, neighbours, weights.astype(np.float32)
 
 
 def clear_triangles(uv: np.ndarray, marked: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from realtime.compositing.photo_look import (
     distance_inside,
     drawn_photo_layers,
     face_attributes,
+    face_skin,
     ortho_camera,
     photo_model_matrix,
     rest_depth,
@@ -112,7 +113,10 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     mesh = dataclasses.replace(mesh, triangles=drawn, photo=attributes,
                                sharp=np.unique(drawn[~skin[drawn].all(axis=1)]))  # mouth, teeth, eyes
     camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))
-    look = PhotoLook(ctx, layers, projection, camera, depth_map, covered)
+    drawn_skin = np.zeros(len(render_vertices), bool)
+    drawn_skin[drawn.ravel()] = True
+    skin_layer = face_skin(render_vertices, drawn_skin & skin, vertices, pixels[:, :2])
+    look = PhotoLook(ctx, layers, projection, camera, depth_map, covered, skin_layer)
     return AvatarRenderer(ctx, mesh, identity.albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
                           camera=camera, photo=layers.photo, underlay=look,
                           draw_scale=enlargement)

@@ -138,8 +138,10 @@ class RenderOptions:
 
 class Underlay(Protocol):
     """Something drawn after the background and before the avatar, moved by the avatar's model matrix; parts of it
-    may stay still whatever the matrix (drawn once into the still frame: ``moving=False``)."""
+    may stay still whatever the matrix (drawn once into the still frame: ``moving=False``). Each frame it is first
+    given the avatar's posed vertices (`follow`), which parts of it may follow."""
 
+    def follow(self, vertices: np.ndarray) -> None: ...
     def draw(self, model_matrix: np.ndarray, moving: bool) -> None: ...
     def moving_box(self, model_matrix: np.ndarray) -> tuple[float, float, float, float] | None:
         """Pixels (x0, y0, x1, y1, y down) covering the moving parts both at rest and moved by ``model_matrix``."""
@@ -316,6 +318,7 @@ class AvatarRenderer:
                                                     if len(self._sharp) else None)
         changed = avatar
         if self._underlay is not None:
+            self._underlay.follow(vertices)
             changed = union_box(changed, self._underlay.moving_box(model))
         if self._fxaa is not None:
             changed = union_box(changed, grow_box(sharp, FXAA_REACH))  # the pass reads around what it smooths
