@@ -122,8 +122,8 @@ def face_coordinates(landmarks: np.ndarray, size: tuple[int, int],
 
 
 def _fade(value: np.ndarray, start: float, end: float) -> np.ndarray:
-    """1 below ``start``, 0 above ``end``, smooth between."""
-    t = np.clip((value - start) / (end - start), 0.0, 1.0)
+    """1 below ``start``, 0 above ``end``, smooth between (the other way round if ``end`` < ``start``)."""
+    t = np.clip((value - start) / ((end - start) or 1e-6), 0.0, 1.0)
     return 1.0 - t * t * (3.0 - 2.0 * t)
 
 
@@ -472,7 +472,8 @@ def skin_following(pixels: np.ndarray, layers: PhotoLayers, skin: FaceSkin | Non
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which of the layer's vertices at ``pixels`` (G, 2, frame) follow the skin, and how: (F,) their indices,
     (F, SKIN_NEIGHBOURS) the skin vertices (indices into ``skin.vertices``) whose motion each takes, and the weights
-    (summing to how much it follows: 1 inside the face, fading to 0 `SKIN_FOLLOW_REACH` outside it)."""
+    (summing to how much it follows: 1 inside the face, fading to 0 `SKIN_FOLLOW_REACH` outside it, and from the nose
+    tip up to the eyes to 0 above them)."""
     none = np.zeros(0, np.int64), np.zeros((0, SKIN_NEIGHBOURS), np.int64), np.zeros((0, SKIN_NEIGHBOURS), np.float32)
     if skin is None or len(skin.vertices) < SKIN_NEIGHBOURS:
         return none
