@@ -17,7 +17,7 @@ from realtime.cli import main, parse_args
 from realtime.errors import UserError
 from realtime.io.clips import ClipWriter, open_video
 from realtime.io.images import read_image
-from realtime.tracking.faces import MIN_EYE_DISTANCE, FaceFinder, choose_face, find_identity_face
+from realtime.tracking.faces import LEFT_IRIS, MIN_EYE_DISTANCE, RIGHT_IRIS, FaceFinder, choose_face, find_identity_face
 from tests import face_pictures as pictures
 from tests.conftest import PROJECT, media
 
@@ -106,6 +106,20 @@ def test_every_face_of_the_group_photo_is_found_numbered_left_to_right(finder) -
     for i, a in enumerate(faces):
         for b in faces[i + 1 :]:
             assert np.linalg.norm(a.center - b.center) > 0.5 * max(a.width, b.width)
+
+
+def test_each_face_of_the_group_photo_has_its_landmarks_on_its_own_face(finder) -> None:
+    """The face detector's eyes, found apart from the landmarker, are where each face's landmarks put them (the
+    landmarker's pass over the whole photo put the rightmost face's eyes 0.6 of their distance low, its mouth on the
+    chin and its chin on the neck, where the photo look then opened a mouth)."""
+    photo = read_image(media(GROUP))
+    faces = finder.find(photo)
+    detections = finder.detect(photo)
+    for number, face in enumerate(faces, 1):
+        detection = min(detections, key=lambda d: np.linalg.norm(d.center - face.center))
+        eyes = face.observation.landmarks[[RIGHT_IRIS, LEFT_IRIS], :2]
+        apart = np.linalg.norm(eyes - detection.eyes, axis=1).mean() / face.eye_distance
+        assert apart < 0.25, f"face {number}: its landmarks' eyes are {apart:.2f} eye distances off the detector's"
 
 
 @pytest.mark.parametrize("name", HARD)

@@ -34,7 +34,9 @@ from realtime.tracking.faces import find_identity_face
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: the photo look (the fit's camera and expression, landmarks, person mask)
+# 2: the photo look (the fit's camera and expression, landmarks, person mask); 3: landmarks from the crop where the
+# whole-photo pass misplaced them
+CACHE_VERSION = 3
 STALE_TEMPORARY_S = 600
 
 

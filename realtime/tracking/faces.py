@@ -7,7 +7,8 @@ into overlapping tiles of the detector's 192 x 192 input. On the finest copy a f
 eyes is `DETECTOR_EYES` pixels between the eyes in the detector's input, where BlazeFace finds faces reliably; that
 copy is at most `FINE_SIDE` pixels on a side, so a large photo costs no more to search than a 1024-pixel one. Each next
 copy is half the size, the last one the whole photo in a single input. The landmarker's own pass over the whole photo
-adds the close-ups that the full-range detector misses.
+adds the close-ups that the full-range detector misses; a face it landmarks away from the detector's eyes is landmarked
+on its crop instead.
 
 Each face the detector found is then landmarked on a crop around it at the resolution the landmarker expects: the
 photo's own pixels for a large face, upsampled for a small one. That also confirms it: what the landmarker does not see
@@ -150,7 +151,11 @@ class FaceFinder:
         detections = self.detect(rgb)
         checked = 0
         for detection in detections:
-            if any(_same_face(face, detection.center, detection.side) for face in faces):
+            same = [face for face in faces if _same_face(face, detection.center, detection.side)]
+            # a face of the whole-photo pass is kept where its eyes are the detector's as a face's are; in a group photo
+            # that pass put a small face's landmarks low (eyes 0.67 of their distance off, the mouth on the chin, the
+            # chin on the neck), and its crop places them
+            if same and all(_eyes_apart(face, detection) < MAX_EYES_APART for face in same):
                 continue
             if checked == MAX_CANDIDATES:
                 log.debug("%d more detections not checked", len(detections) - checked)
@@ -161,8 +166,7 @@ class FaceFinder:
                 log.debug("detection %s (score %.2f) is not a face to the landmarker", detection.box, detection.score)
                 continue
             face = FoundFace(observation)
-            if not any(_same_face(other, face.center, face.width) for other in faces):
-                faces.append(face)
+            faces = [other for other in faces if not _same_face(other, face.center, face.width)] + [face]
         faces.sort(key=lambda face: (face.center[0], face.center[1]))
         return [FoundFace(dataclasses.replace(face.observation, faces_found=len(faces))) for face in faces]
 
@@ -359,6 +363,12 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
         return 0.0
     smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
     return width * height / max(smaller, 1e-9)
+
+
+def _eyes_apart(face: FoundFace, detection: Detection) -> float:
+    """How far the detector's eyes are from the face's landmarked iris centres, in the face's eye distances."""
+    eyes = face.observation.landmarks[[RIGHT_IRIS, LEFT_IRIS], :2]
+    return float(np.linalg.norm(detection.eyes - eyes, axis=1).mean() / max(face.eye_distance, 1e-6))
 
 
 def _same_face(face: FoundFace, center: np.ndarray, width: float) -> bool:
