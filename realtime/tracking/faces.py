@@ -228,10 +228,8 @@ class FaceFinder:
             # the face the detector saw: about where and as large as its box (not a neighbour in the crop), with
             # its eyes where the detector put them (a letter or a pattern enlarged can look like a face to either
             # alone, not to both alike: their eyes then disagree by most of the eye distance)
-            eyes = landmarks[[RIGHT_IRIS, LEFT_IRIS], :2]
-            eyes_apart = float(np.linalg.norm(detection.eyes - eyes, axis=1).mean() / max(face.eye_distance, 1e-6))
-            if (distance < 0.5 * side and 0.5 < face.width / side < 2.0 and eyes_apart < MAX_EYES_APART
-                    and distance < best_distance):
+            if (distance < 0.5 * side and 0.5 < face.width / side < 2.0
+                    and _eyes_apart(face, detection) < MAX_EYES_APART and distance < best_distance):
                 best, best_distance = face.observation, distance
         return best
 
