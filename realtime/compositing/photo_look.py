@@ -87,10 +87,14 @@ class PhotoLayers:
     inside_face: np.ndarray  # (H, W) float32: each pixel's distance inside the face, pixels (see `inside_face`)
 
 
-def face_skin(render_vertex: np.ndarray, drawn_skin: np.ndarray, rest: np.ndarray, pixels: np.ndarray) -> FaceSkin:
-    """The `FaceSkin` of a head whose render vertices map to model vertices by ``render_vertex`` (R,), of which
-    ``drawn_skin`` (R,) bool are its skin and drawn; ``rest`` (N, 3) model vertices at the photo's expression,
-    ``pixels`` (R, 2) the render vertices' frame pixels."""
+def face_skin(render_vertex: np.ndarray, triangles: np.ndarray, skin: np.ndarray, rest: np.ndarray,
+              pixels: np.ndarray) -> FaceSkin:
+    """The `FaceSkin` of a head whose render vertices map to model vertices by ``render_vertex`` (R,), drawn as
+    ``triangles`` (T, 3 render vertices), of which ``skin`` (R,) bool are its skin; ``rest`` (N, 3) model vertices at
+    the photo's expression, ``pixels`` (R, 2) the render vertices' frame pixels."""
+    drawn_skin = np.zeros(len(render_vertex), bool)
+    drawn_skin[triangles.ravel()] = True
+    drawn_skin &= skin
     vertices, first = np.unique(render_vertex[drawn_skin], return_index=True)
     return FaceSkin(vertices, rest[vertices].astype(np.float32), pixels[np.flatnonzero(drawn_skin)[first]])
 
@@ -368,9 +372,12 @@ class PhotoLook:
         moving = np.unique(triangles[self._counts[0] // 3:])
         self._moving = np.c_[positions[moving], np.ones(len(moving))]  # (M, 4) homogeneous model space at rest
         self._moving_weight = motion[moving][:, None]
-        # the skin's motion this frame, carried to the layer vertices next to the face (`follow`)
-        self._skin, self._followers = skin, followers
-        self._skin_used, neighbours = np.unique(neighbours, return_inverse=True)
+        # the skin's motion this frame, carried to the layer vertices next to the face (`follow`): only the skin
+        # vertices some layer vertex takes its motion from are read
+        self._followers = followers
+        used, neighbours = np.unique(neighbours, return_inverse=True)
+        self._skin_vertices = skin.vertices[used] if skin is not None else used
+        self._skin_rest = skin.rest[used] if skin is not None else np.zeros((0, 3), np.float32)
         self._neighbours, self._neighbour_weights = neighbours.reshape(weights.shape), weights[..., None]
         self._offsets = np.zeros((len(positions), 3), np.float32)
         self._moving_vertices = moving
@@ -426,9 +433,9 @@ class PhotoLook:
     def follow(self, vertices: np.ndarray) -> None:
         """This frame's posed head, (N, 3) model space before the head's motion: the layer next to the face takes
         its skin's motion from the photo's expression."""
-        if self._skin is None or len(self._followers) == 0:
+        if len(self._followers) == 0:
             return
-        moved = vertices[self._skin.vertices[self._skin_used]] - self._skin.rest[self._skin_used]
+        moved = vertices[self._skin_vertices] - self._skin_rest
         offsets = (moved[self._neighbours] * self._neighbour_weights).sum(axis=1)
         self._offsets[self._followers] = offsets
         self._offset_buffer.write(self._offsets)

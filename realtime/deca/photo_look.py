@@ -132,9 +132,7 @@ def photo_look_renderer(ctx: moderngl.Context, template: HeadTemplate, faces: np
     mesh = AvatarMesh(triangles=triangles.astype(np.int32), render_vertex=render_vertex.astype(np.int32), uv=uv,
                       material=material, photo=attributes, sharp=np.flatnonzero(~skin))  # the mouth cavity
     camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))
-    drawn_skin = np.zeros(len(render_vertex), bool)
-    drawn_skin[triangles.ravel()] = True
-    skin_layer = face_skin(render_vertex, drawn_skin & skin, vertices, pixels[:, :2])
+    skin_layer = face_skin(render_vertex, triangles, skin, vertices, pixels[:, :2])
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered, skin_layer)
     renderer = AvatarRenderer(ctx, mesh, albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
                               camera=camera, photo=layers.photo, underlay=look,

@@ -113,9 +113,7 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
     mesh = dataclasses.replace(mesh, triangles=drawn, photo=attributes,
                                sharp=np.unique(drawn[~skin[drawn].all(axis=1)]))  # mouth, teeth, eyes
     camera = ortho_camera(size, projection, float(np.median(pixels[:, 2])))
-    drawn_skin = np.zeros(len(render_vertices), bool)
-    drawn_skin[drawn.ravel()] = True
-    skin_layer = face_skin(render_vertices, drawn_skin & skin, vertices, pixels[:, :2])
+    skin_layer = face_skin(render_vertices, drawn, skin, vertices, pixels[:, :2])
     look = PhotoLook(ctx, layers, projection, camera, depth_map, covered, skin_layer)
     return AvatarRenderer(ctx, mesh, identity.albedo, dataclasses.replace(options, lighting="photo"), layers.plate,
                           camera=camera, photo=layers.photo, underlay=look,
