@@ -50,7 +50,23 @@ def test_jaw_open_opens_the_avatars_mouth(astronaut_pipeline, image_tracker) -> 
     assert lower[1] - upper[1] > 15  # pixels between the lips
     mid = ((upper + lower) / 2).astype(int)
     r, g, b = image[mid[1], mid[0]].astype(int)
-    assert r > g + 30 and r > b + 30, f"expected mouth interior (red) at {mid}, got {(r, g, b)}"
+    assert r > 1.5 * max(g, b) and r < 128, f"expected mouth interior (dark red) at {mid}, got {(r, g, b)}"
+
+
+def test_an_open_mouth_is_darkest_at_its_back(astronaut_pipeline, image_tracker) -> None:
+    """Light reaches into a mouth through its opening only: below the upper teeth an open mouth is nearly black (its
+    back, the throat), and the tongue brightens towards the lower lip. Lit evenly, it was a flat red disc (red 94-97
+    there, 106-112 at the tongue's front)."""
+    image = render(astronaut_pipeline, jawOpen=1.0)
+    face = image_tracker.track(image)
+    upper, lower = face.landmarks[13, :2], face.landmarks[14, :2]
+
+    def red(share: float) -> int:
+        x, y = (upper + share * (lower - upper)).astype(int)
+        return int(image[y, x, 0])
+
+    deep, front = max(red(0.3), red(0.4)), min(red(0.8), red(0.9))
+    assert deep < 50 and deep < 0.5 * front, (deep, front)
 
 
 @pytest.mark.parametrize(

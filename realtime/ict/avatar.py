@@ -15,7 +15,10 @@ from realtime.tracking.tracker import BLENDSHAPE_NAMES
 
 # Parts drawn, and their material colours (linear-ish RGB in [0, 1]); the photo texture covers face and head. The mouth
 # interior is dark: it is lit like the skin here, where a real one is in shadow (and MediaPipe reads a bright one as a
-# less open mouth).
+# less open mouth). Light reaches into a mouth through its opening only: the mouth's parts darken with their depth
+# behind the front teeth, from the front teeth's and gums' own depth to this share of their colour this far back and
+# beyond (`mouth_shade`). Lit evenly, an open mouth showed a flat red disc of tongue, and the gums between parted teeth
+# a red zigzag.
 # Lacrimal fluid, eye blend and eye occlusion are shells for a game engine's translucent eye shaders: not drawn. The
 # iris caps lie inside the sclera shells, which cover them from every pose and gaze: not drawn either (3,200
 # triangles the rasteriser would pay for; renders identical over 5 yaws, 3 pitches and 8 gazes).
@@ -32,6 +35,8 @@ PART_COLORS: dict[str, tuple[float, float, float]] = {
     # "eyelashes": (0.06, 0.045, 0.04),
 }
 TEXTURED_PARTS = ("face", "head_neck")
+MOUTH_PARTS = ("mouth_socket", "gums_tongue", "teeth")
+MOUTH_LIT_CM, MOUTH_DARK_CM, MOUTH_DARK_SHADE = 1.0, 4.0, 0.2
 # The parts inside the head: some of their triangles no pose or expression shows, and those are not drawn
 # (`hidden_triangles`). The software rasteriser pays for every triangle: the teeth cost 10% of a frame's drawing with
 # the mouth closed.
@@ -180,12 +185,25 @@ def build_avatar_mesh(model: IctModel, iris_color: np.ndarray | None = None, hid
         material[vertices, :3] = PART_COLORS[name]
         material[vertices, 3] = 1.0 if name in TEXTURED_PARTS else 0.0
     paint_irises(model, material, np.array((0.32, 0.22, 0.14) if iris_color is None else iris_color, np.float32))
+    material[:, :3] *= mouth_shade(model)[:, None]
     return AvatarMesh(
         triangles=triangles,
         render_vertex=model.render_vertex,
         uv=atlas_uv(model),
         material=material,
     )
+
+
+def mouth_shade(model: IctModel) -> np.ndarray:
+    """(R,) per render vertex, the share of its colour the mouth's shadow leaves: 1 outside the `MOUTH_PARTS` and up to
+    `MOUTH_LIT_CM` behind the front teeth (neutral face), falling linearly to `MOUTH_DARK_SHADE` at `MOUTH_DARK_CM`."""
+    shade = np.ones(len(model.render_vertex), np.float32)
+    mouth = np.unique(model.triangles[model.part_mask(*MOUTH_PARTS)])
+    teeth = np.unique(model.triangles[model.part_mask("teeth")])
+    depth = model.neutral[model.render_vertex, 2]
+    behind = (depth[teeth].max() - depth[mouth] - MOUTH_LIT_CM) / (MOUTH_DARK_CM - MOUTH_LIT_CM)
+    shade[mouth] = np.clip(1.0 - (1.0 - MOUTH_DARK_SHADE) * behind, MOUTH_DARK_SHADE, 1.0)
+    return shade
 
 
 # ICT's upper teeth sit wholly behind the upper lip; lowered this much, they show in an open mouth and a smile as a

@@ -30,6 +30,7 @@ from realtime.ict.avatar import (
     Avatar,
     build_avatar_mesh,
     hidden_triangles,
+    mouth_shade,
     shown_triangles,
 )
 from realtime.ict.identity import Identity
@@ -47,11 +48,9 @@ HIDDEN_PARTS = ("head_neck",)  # the photo's own hair, ears and neck are shown i
 # four mouth poses and turns: closer to it than the head look's face but in the widest open mouth; 6% less drawing.
 SIMPLIFIED = {**SIMPLIFIED_PARTS, "face": 0.85}
 KEPT_WHOLE_HERE = {"face": {**KEPT_WHOLE["face"], "mouthRollLower": 0.2, "mouthRollUpper": 0.2}}
-# The mouth's materials are shaded by their shape only; a real mouth interior is also in the lips' shadow, and the
-# teeth the more the deeper they are: light reaches the back of a mouth through its opening only. Lit like the front
-# teeth, the far row of lower teeth in a turned, open mouth is a bright lump across it.
+# The mouth's materials are shaded by their shape and their depth in the mouth (`mouth_shade`); a real mouth interior
+# is also in the lips' shadow.
 MOUTH_SHADOW = {"mouth_socket": 0.5, "gums_tongue": 0.9, "teeth": 0.9}
-TEETH_DEPTH_CM, BACK_TEETH_SHADE = 2.5, 0.4  # this much light this far behind the front teeth, and further back
 GUM_SHADE = 0.8  # gums against the photo's lips: inside the mouth, a little darker
 # The photo's own teeth: seen in at least this many pixels, this much brighter than its lips (luma in [0, 1]); a front
 # tooth shows this much of its material colour (its mouth shadow, 0.9, times its shading facing the camera, 0.95)
@@ -106,9 +105,9 @@ def photo_look_renderer(ctx: moderngl.Context, model: IctModel, identity: Identi
         mesh.material[teeth, :3] = np.clip(shown / FRONT_TEETH_SHOWN, 0.0, 1.0)
     else:
         mesh.material[teeth, :3] = unseen_teeth_color(layers.photo, layers.landmarks)
+    mesh.material[teeth, :3] *= mouth_shade(model)[teeth, None]  # recoloured: in the mouth's shadow again
     for part, shade in MOUTH_SHADOW.items():
         mesh.material[_part_vertices(model, part), :3] *= shade
-    shade_teeth_by_depth(model, mesh.material)
     drawn = triangles[kept]
     mesh = dataclasses.replace(mesh, triangles=drawn, photo=attributes,
                                sharp=np.unique(drawn[~skin[drawn].all(axis=1)]))  # mouth, teeth, eyes
@@ -163,14 +162,6 @@ def _inside(image: np.ndarray, landmarks: np.ndarray, outline: tuple[int, ...]) 
     mask = np.zeros(image.shape[:2], np.uint8)
     cv2.fillPoly(mask, [np.round(landmarks[list(outline), :2]).astype(np.int32)], 1)
     return mask.astype(bool)
-
-
-def shade_teeth_by_depth(model: IctModel, material: np.ndarray) -> None:
-    """Darken the teeth's (R, 4) render-vertex ``material`` with their depth behind the front teeth (in place)."""
-    teeth = _part_vertices(model, "teeth")
-    depth = model.neutral[model.render_vertex[teeth], 2]
-    behind = (depth.max() - depth) / TEETH_DEPTH_CM
-    material[teeth, :3] *= np.clip(1.0 - (1.0 - BACK_TEETH_SHADE) * behind, BACK_TEETH_SHADE, 1.0)[:, None]
 
 
 def _part_vertices(model: IctModel, *parts: str) -> np.ndarray:
