@@ -197,6 +197,21 @@ def test_open_mouth_shows_teeth_and_interior_never_the_background(
     assert background.mean() < 0.01, "no hole through the head"
 
 
+def test_a_change_above_the_rest_takes_the_gain_and_relaxing_below_it_is_copied() -> None:
+    """The gains make up for MediaPipe reading the avatar's added shapes weakly; relaxing below the rest takes away
+    a shape the rest holds (the photo's own, fitted to its landmarks), which MediaPipe reads one for one: with the
+    gain, pyfeat's self-reenactment lowered the identity frame's raised brows twice as far as its driver did."""
+    from realtime.ict.response import ResponseModel
+
+    model = ResponseModel.load()
+    brows = BLENDSHAPE_NAMES.index("browInnerUp")
+    assert model.gains()[brows] > 1.5
+    departure = np.zeros(len(BLENDSHAPE_NAMES))
+    departure[brows] = 0.2
+    assert model.weights(departure)[brows] == pytest.approx(0.2 * model.gains()[brows])
+    assert model.weights(-departure)[brows] == pytest.approx(-0.2)
+
+
 def test_gains_follow_the_head_pitch_and_survive_a_round_trip(tmp_path) -> None:
     from realtime.ict.response import MAX_GAIN, ResponseModel
     from realtime.tracking.head_pose import head_pitch

@@ -9,7 +9,11 @@ alone at a few weights (several identities) and fits the straight line of its sc
     weight = clip((score - rest) / slope, -1, 1)
 
 where ``rest`` is the user's resting score once calibrated (the avatar's own neutral reading until then), so that
-the driver's resting face gives the avatar's rest and a driver's full expression its full shape. The weight is a
+the driver's resting face gives the avatar's rest and a driver's full expression its full shape. A change below the
+rest (the driver relaxing a shape their rest holds) is copied as it is: the slopes are measured adding each shape to
+the avatar's neutral face, while relaxing takes away a shape the rest holds, in the photo look the photo's own
+expression, fitted to its own landmarks and read by MediaPipe about one for one (with the gain, pyfeat's
+self-reenactment lowered the identity frame's raised brows twice as far as its driver did). The weight is a
 change from the avatar's rest: the head look's rest is its neutral face (the weight is clipped at 0 after the
 temporal filter: clipped before, the filter would turn the noise around the rest into a constant expression); the
 photo look's is the photo's own expression, which a driver relaxing below their rest relaxes too.
@@ -87,5 +91,5 @@ class ResponseModel:
 
     def weights(self, departure: np.ndarray, pitch: float = 0.0) -> np.ndarray:
         """(51,) the driver's scores minus their rest -> (51,) changes of the blendshape weights from the avatar's
-        rest, in [-1, 1] (below 0: the driver relaxes a shape their rest holds)."""
-        return np.clip(departure * self.gains(pitch), -1.0, 1.0)
+        rest, in [-1, 1] (below 0: the driver relaxes a shape their rest holds, copied as it is)."""
+        return np.clip(np.where(departure > 0, departure * self.gains(pitch), departure), -1.0, 1.0)
