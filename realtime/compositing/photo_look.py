@@ -34,7 +34,7 @@ from realtime.head import HeadOffset
 from realtime.rendering.photo_texture import pull_push_fill
 from realtime.rendering.renderer import drawn_size, load_program, texture_from_image
 from realtime.tracking.head_pose import CanonicalFrame
-from realtime.tracking.landmarks import FACE_OVAL, FEATURES, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+from realtime.tracking.landmarks import BROWS, FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 
 log = logging.getLogger(__name__)
 
@@ -330,13 +330,14 @@ def face_attributes(
     px, py = (np.ascontiguousarray(c[:, None] - 0.5, np.float32) for c in frame_pixels.T)  # pixel centres at .5
     into_face = cv2.remap(layers.inside_face, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)[:, 0]
     opacity = np.clip(into_face / (np.where(blended, EDGE_FEATHER, SHARP_FEATHER) * iod), 0.0, 1.0)
-    # the skin is opaque over the face's own features and fades between them and the outline, over EDGE_FEATHER where
-    # there is room: brows within it of the outline (a brow's tail by the temple, brows under a fringe) were half the
-    # photo's still brows, and raised or lowered brows showed twice
-    features = cv2.remap(outside_features(layers.landmarks, layers.inside_face.shape), px, py, cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)[:, 0]
-    between = np.clip(into_face / np.maximum(into_face + features, 1e-6), 0.0, 1.0)
-    opacity = np.where(blended, np.maximum(opacity, between), opacity)
+    # skin the photo saw is opaque over the brows and fades between them and the outline, over EDGE_FEATHER where
+    # there is room and SHARP_FEATHER at least: brows within EDGE_FEATHER of the outline (a brow's tail by the temple,
+    # brows under a fringe) were half the photo's still brows, and raised or lowered brows showed twice
+    brows = cv2.remap(outside_brows(layers.landmarks, layers.inside_face.shape), px, py, cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_REPLICATE)[:, 0]
+    band = np.clip(into_face + brows, SHARP_FEATHER * iod, EDGE_FEATHER * iod)
+    by_brows = np.clip(into_face / band, 0.0, 1.0) * shows_photo
+    opacity = np.where(blended, np.maximum(opacity, by_brows), opacity)
     # skin near the outline that the photo did not see (the side of the face, turned away or under the hair) lets
     # the moving layer show: the photo's own pixels there, lifted on the head's depth, not a flat patch of fill
     # colour over the hair. Deeper inside (under the nose) it stays: behind it is the mouth's dark interior.
@@ -346,12 +347,13 @@ def face_attributes(
     return np.c_[uv, shows_photo, opacity].astype(np.float32)
 
 
-def outside_features(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) float32: each pixel's distance in pixels outside the convex hull of the (478, 2+) ``landmarks``'
-    `FEATURES` (brows, eyes, nose, lips), 0 inside."""
-    features = np.ones(shape, np.uint8)
-    cv2.fillConvexPoly(features, cv2.convexHull(np.round(landmarks[list(FEATURES), :2]).astype(np.int32)), 0)
-    return cv2.distanceTransform(features, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+def outside_brows(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32: each pixel's distance in pixels outside the brows, 0 inside: the convex hull of each brow's
+    `BROWS` landmarks among the (478, 2+) ``landmarks``."""
+    brows = np.ones(shape, np.uint8)
+    for brow in (BROWS[:10], BROWS[10:]):
+        cv2.fillConvexPoly(brows, cv2.convexHull(np.round(landmarks[list(brow), :2]).astype(np.int32)), 0)
+    return cv2.distanceTransform(brows, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
 
 def distance_inside(pixels: np.ndarray, outline: np.ndarray) -> np.ndarray:

@@ -10,8 +10,6 @@ INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 3
 # The lips' outer edge, in order from the right corner along the upper lip, then back along the lower.
 OUTER_LIPS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
 IRIS = tuple(range(468, 478))
-# Round the face's own features: the brows' upper and lower edges, the eyes' corners and lids, the nose's tip and wings,
-# the lips' outer edge.
+# The brows' upper and lower edges, the subject's right brow first.
 BROWS = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55, 300, 293, 334, 296, 336, 276, 283, 282, 295, 285)
-FEATURES = (*BROWS, 33, 133, 159, 145, 362, 263, 386, 374, 1, 2, 98, 327, *OUTER_LIPS)
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # the subject's right and left eye corners
