@@ -8,11 +8,10 @@ import pytest
 
 from realtime.head import AvatarPose, HeadOffset
 from realtime.reenactment import ssim
-from realtime.tracking.landmarks import FACE_OVAL, INNER_LIPS, OUTER_LIPS
+from realtime.tracking.landmarks import CHIN, FACE_OVAL, FOREHEAD, INNER_LIPS, OUTER_LIPS
 from tests.conftest import media, neutral_weights, turn_on_the_neck, yaw
 
 SIZE = (640, 360)
-FOREHEAD, CHIN = 10, 152
 
 
 @pytest.fixture(scope="module")

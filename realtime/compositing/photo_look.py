@@ -34,12 +34,10 @@ from realtime.head import HeadOffset
 from realtime.rendering.photo_texture import pull_push_fill
 from realtime.rendering.renderer import drawn_size, load_program, texture_from_image
 from realtime.tracking.head_pose import CanonicalFrame
-from realtime.tracking.landmarks import BROWS, FACE_OVAL, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+from realtime.tracking.landmarks import BROWS, CHIN, FACE_OVAL, FOREHEAD, LEFT_EYE_OUTER, NOSE_TIP, RIGHT_EYE_OUTER
 
 log = logging.getLogger(__name__)
 
-CHIN, FOREHEAD = 152, 10  # MediaPipe landmarks at the bottom and top of the face's midline
-NOSE_TIP = 1
 NECK_FOLLOWS = 0.05  # below the chin, in face heights: down to here the neck turns with the head
 # and from here down (the top of the shoulders) the body does not move: a head that leans and rolls carries the neck
 # and the shoulders' line a little. Measured on self-reenactment (head motion from the rigid landmarks), fading by

@@ -20,7 +20,7 @@ from realtime.geometry.fitting import (
 from realtime.geometry.normals import VertexNormals
 from realtime.ict.landmark_map import LandmarkMap
 from realtime.ict.model import IctModel
-from realtime.tracking.landmarks import FACE_OVAL, IRIS, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+from realtime.tracking.landmarks import CHIN, FACE_OVAL, FOREHEAD, IRIS, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 # fit within 0.03, a head turned 45 degrees about 0.08 to 0.10 (the tracker guesses the hidden half of the face).
 FIT_ERROR_BOUND = 0.05
 TURNED_DEGREES = 25.0  # a head turned (or tilted up or down) this much is the likely reason for a bad fit
-FOREHEAD, CHIN = 10, 152  # landmarks at the top and the bottom of the face's midline
 
 
 @dataclass(frozen=True)

@@ -13,3 +13,5 @@ IRIS = tuple(range(468, 478))
 # The brows' upper and lower edges, the subject's right brow first.
 BROWS = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55, 300, 293, 334, 296, 336, 276, 283, 282, 295, 285)
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263  # the subject's right and left eye corners
+FOREHEAD, CHIN = 10, 152  # the top and the bottom of the face's midline
+NOSE_TIP = 1
